@@ -1,0 +1,1 @@
+"""The `kd` command line: local runs (kdcore), the service client (httpx) and admin commands."""

@@ -1,0 +1,96 @@
+"""Clean-data metrics: accuracy, calibration, size, FLOPs and CPU latency."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdcore.data import normalize
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """Logits (float32, CPU) for uint8 images, in fixed-size batches so results do not depend on N."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start : start + batch_size].to(device), mean, std)
+        outputs.append(model(batch).float().cpu())
+    if not outputs:
+        return torch.empty(0)
+    return torch.cat(outputs)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass at batch 1, as torch.utils.flop_counter counts them (2 per MAC)."""
+    probe = copy.deepcopy(model).cpu().eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        probe(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops())
+
+
+def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], runs: int = 30, warmup: int = 5) -> float:
+    """Median wall time of a batch-1 forward pass on the CPU, in milliseconds."""
+    probe = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(1, *input_shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            probe(x)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def model_report(
+    model: nn.Module,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    weights_file: Path,
+    latency: bool,
+    calibration: bool,
+) -> dict:
+    """The clean-data block of one model in results.json."""
+    from kdcore.robustness.metrics import expected_calibration_error, negative_log_likelihood
+
+    logits = predict_logits(model, test_x, mean=mean, std=std, device=device)
+    input_shape = tuple(test_x.shape[1:])
+    report = {
+        "clean_acc": accuracy(logits, test_y),
+        "n_test": len(test_y),
+        "params": count_params(model),
+        "size_bytes": weights_file.stat().st_size,
+        "flops": forward_flops(model, input_shape),
+        "latency_ms": cpu_latency_ms(model, input_shape) if latency else None,
+    }
+    if calibration:
+        report["ece"] = expected_calibration_error(logits, test_y, n_bins=15)
+        report["nll"] = negative_log_likelihood(logits, test_y)
+    return report
