@@ -33,7 +33,7 @@ from kdcore.data import BatchLoader, load_dataset
 from kdcore.distill import build_distiller
 from kdcore.models import build_model
 from kdcore.spec import DatasetSpec, DistillSpec, TrainRecipe
-from kdcore.train import make_train_step, make_optimizer
+from kdcore.train import make_optimizer, make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

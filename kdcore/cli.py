@@ -6,7 +6,6 @@ Also `python -m kdcore ...` with the same sub-commands.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -19,8 +19,14 @@ from kdcore.callbacks import Callbacks, Progress
 from kdcore.data import ImageData, load_dataset
 from kdcore.distill import build_distiller
 from kdcore.evaluate import accuracy, model_report, predict_logits
-from kdcore.export import ModelCard, export_onnx, export_torchscript, load_model, load_weights_into
-from kdcore.export import save_safetensors
+from kdcore.export import (
+    ModelCard,
+    export_onnx,
+    export_torchscript,
+    load_model,
+    load_weights_into,
+    save_safetensors,
+)
 from kdcore.models import build_model
 from kdcore.robustness import FORMULAS, compare_to_baseline, evaluate_robustness
 from kdcore.settings import default_cache_dir

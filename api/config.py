@@ -1,0 +1,42 @@
+"""Service settings: KD_ environment variables (pydantic-settings). The `kd` client reads its own."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KD_", extra="ignore")
+
+    artifact_dir: Path = Field(
+        Path("var"),
+        description="root of the service's files: jobs/<id>/, datasets/<id>/, models/<id>.safetensors, "
+        "cache/, broker/ and the default SQLite database",
+    )
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<artifact_dir>/kd.db")
+    broker_url: str = Field("filesystem://", description="Celery broker; filesystem:// needs no server")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    lease_seconds: float = Field(60.0, gt=0, description="a worker's unrenewed claim lasts this long")
+    max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails too_many_attempts")
+    upload_max_bytes: int = Field(1 << 30, ge=1, description="largest accepted dataset/model upload")
+    upload_max_files: int = Field(200_000, ge=1, description="most members a dataset archive may hold")
+    events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")
+    events_heartbeat_seconds: float = Field(15.0, gt=0, description="SSE comment sent when nothing changed")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        # Absolute, so the API and workers started from other folders agree on every path.
+        self.artifact_dir = self.artifact_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.artifact_dir / 'kd.db'}"
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,52 @@
+"""Request dependencies: settings, a database session, and the caller's API key (the owner)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.db import ApiKey
+from api.problems import ProblemError
+from api.security import find_api_key
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, detail, field="Authorization", kind="unauthorized",
+                        headers={"WWW-Authenticate": 'Bearer realm="kd"'})
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `kd admin create-key NAME`")
+
+
+def get_owner(
+    request: Request, session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The API key row of `Authorization: Bearer <key>`; 401 problem when missing or unknown."""
+    if credentials is None or not credentials.credentials.strip():
+        if request.headers.get("authorization"):
+            raise _unauthorized("Authorization must be 'Bearer <API key>'")
+        raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <API key>'")
+    row = find_api_key(session, credentials.credentials.strip())
+    if row is None:
+        raise _unauthorized("unknown API key")
+    return row
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+OwnerDep = Annotated[ApiKey, Depends(get_owner)]

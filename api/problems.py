@@ -1,0 +1,122 @@
+"""RFC 9457 problem details: every error the API returns is application/problem+json naming the field.
+
+Body: {type, title, status, detail, instance, errors: [{field, message}]}. Request validation errors
+come from pydantic; `field` is its loc joined with dots, without the leading "body"/"query"/... part.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://kd-service.dev/problems/"
+_LOC_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """The error body (RFC 9457) of every 4xx/5xx answer."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] = []
+
+
+class ProblemError(Exception):
+    """Raise from a handler to answer a problem: ProblemError(404, "job not found", field="job_id")."""
+
+    def __init__(self, status: int, detail: str, *, field: str | None = None,
+                 errors: list[dict[str, str]] | None = None, kind: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors or [])
+        if field is not None:
+            self.errors.insert(0, {"field": field, "message": detail})
+        self.kind = kind
+        self.headers = headers
+
+
+def problem_response(request: Request, status: int, detail: str, *,
+                     errors: list[dict[str, str]] | None = None, kind: str | None = None,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    slug = kind or title.lower().replace(" ", "-").replace("'", "")
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "errors": errors or [],
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'teacher', 'arch') -> 'teacher.arch'; ('query', 'limit') -> 'limit'; list indices kept."""
+    parts = list(loc)
+    if parts and parts[0] in _LOC_SOURCES:
+        parts = parts[1:]
+    # Literal/union branches add the tag of the tried type (e.g. 'list[...]'): not a field name.
+    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    return ".".join(str(p) for p in parts) or (str(loc[0]) if loc else "body")
+
+
+def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out, seen = [], set()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = err.get("ctx", {}).get("error", err["msg"])
+            item = {"field": "body", "message": f"invalid JSON: {reason}"}
+        else:
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            item = {"field": field_of(err.get("loc", ())), "message": message}
+        key = (item["field"], item["message"])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, errors=exc.errors, kind=exc.kind,
+                                headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(list(exc.errors()))
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(request, 422, f"invalid request: {summary}", errors=errors,
+                                kind="validation-error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return problem_response(request, exc.status_code, detail, errors=getattr(exc, "errors", None),
+                                headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "internal server error; the error was logged",
+                                kind="internal-error")

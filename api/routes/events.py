@@ -1,0 +1,96 @@
+"""GET /v1/jobs/{id}/events: Server-Sent Events (state, progress, log) until the job ends.
+
+The stream polls the job row (every KD_EVENTS_POLL_SECONDS) rather than a pub/sub channel, so it
+works the same with SQLite and PostgreSQL and survives API restarts. Each event's `id` is the last
+log id sent: a client reconnecting with Last-Event-ID gets only newer log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import TERMINAL_STATES, Job, JobLog
+from api.deps import OwnerDep, SessionDep
+from api.routes.jobs import ERRORS, get_owned_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+LOG_BATCH = 500
+
+
+def _snapshot(sessions: sessionmaker[Session], job_id: str, after_log: int) -> tuple[dict | None, list[dict]]:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None, []
+        state = {"state": job.state, "phase": job.phase, "progress": job.progress,
+                 "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None}
+        logs = session.scalars(select(JobLog).where(JobLog.job_id == job_id, JobLog.id > after_log)
+                               .order_by(JobLog.id).limit(LOG_BATCH)).all()
+        return state, [{"id": r.id, "at": r.at.isoformat(), "level": r.level, "message": r.message}
+                       for r in logs]
+
+
+def _event(name: str, data: Any, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def job_events(request: Request, job_id: str, after_log: int) -> AsyncIterator[str]:
+    settings = request.app.state.settings
+    sessions = request.app.state.sessions
+    last_state: tuple | None = None
+    last_progress: Any = None
+    last_sent = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        job, logs = await anyio.to_thread.run_sync(_snapshot, sessions, job_id, after_log)
+        if job is None:  # deleted while watched
+            yield _event("state", {"state": "deleted", "phase": None, "progress": None}, after_log)
+            return
+        chunks = []
+        if (job["state"], job["phase"]) != last_state:
+            last_state = (job["state"], job["phase"])
+            chunks.append(("state", {k: job[k] for k in ("state", "phase", "error")}))
+        if job["progress"] is not None and job["progress"] != last_progress:
+            last_progress = job["progress"]
+            chunks.append(("progress", {k: job[k] for k in ("state", "phase", "progress")}))
+        for entry in logs:
+            after_log = entry["id"]
+            chunks.append(("log", entry))
+        for name, data in chunks:
+            yield _event(name, data, after_log)
+        now = time.monotonic()
+        if chunks:
+            last_sent = now
+        elif now - last_sent >= settings.events_heartbeat_seconds:
+            last_sent = now
+            yield ": keep-alive\n\n"
+        if job["state"] in TERMINAL_STATES and len(logs) < LOG_BATCH:
+            return
+        if await request.is_disconnected():
+            return
+        await anyio.sleep(settings.events_poll_seconds)
+
+
+@router.get(
+    "/{job_id}/events", summary="Live events of a job (Server-Sent Events)",
+    description="`event: state` {state, phase, error}, `event: progress` {state, phase, progress}, "
+    "`event: log` {id, at, level, message}; ends after a terminal state. Comments are heartbeats.",
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+)
+def stream_events(
+    job_id: str, request: Request, owner: OwnerDep, session: SessionDep,
+    last_event_id: Annotated[int | None, Header(ge=0, description="resume after this log id")] = None,
+) -> StreamingResponse:
+    job = get_owned_job(session, owner, job_id)
+    session.close()  # the stream opens its own short sessions; do not hold this one for hours
+    return StreamingResponse(job_events(request, job.id, last_event_id or 0), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

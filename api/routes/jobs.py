@@ -1,0 +1,298 @@
+"""/v1/jobs: submit, list, get, cancel, delete, metrics, results and artifacts (events: routes/events.py)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.db import (
+    TERMINAL_STATES,
+    ApiKey,
+    Artifact,
+    Dataset,
+    Job,
+    JobMetric,
+    JobTransition,
+    Model,
+    new_id,
+    transition,
+    utcnow,
+)
+from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.problems import Problem, ProblemError
+from api.schemas import (
+    ArtifactInfo,
+    ArtifactList,
+    JobDetail,
+    JobMetrics,
+    JobPage,
+    JobState,
+    JobSummary,
+    PhaseSeries,
+)
+from kdcore.spec import JobSpec
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ARTIFACT_NAMES = ("student.safetensors", "student.onnx", "student.ts", "teacher.safetensors",
+                  "baseline.safetensors", "results.json")
+ARTIFACT_MEDIA_TYPES = {"results.json": "application/json"}
+ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for r in (401, 404, 409, 422)}
+
+
+def get_owned_job(session: Session, owner: ApiKey, job_id: str) -> Job:
+    """The job if it exists and belongs to owner; otherwise 404 (others' jobs are not revealed)."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise ProblemError(404, f"job {job_id} not found", field="job_id", kind="not-found")
+    return job
+
+
+def job_detail(session: Session, job: Job) -> JobDetail:
+    transitions = session.scalars(
+        select(JobTransition).where(JobTransition.job_id == job.id).order_by(JobTransition.id)
+    ).all()
+    return JobDetail.from_job(job, list(transitions))
+
+
+def _check_references(session: Session, owner: ApiKey, spec: JobSpec) -> None:
+    """Ids in the spec must name the caller's own uploads (422 naming the field)."""
+    if spec.dataset.source == "upload":
+        dataset = session.get(Dataset, spec.dataset.dataset_id)
+        if dataset is None or dataset.owner_id != owner.id:
+            raise ProblemError(422, f"dataset {spec.dataset.dataset_id} not found; upload one with "
+                               "POST /v1/datasets", field="dataset.dataset_id")
+    weights = spec.teacher.weights
+    if weights is not None:
+        model = session.get(Model, weights)
+        if model is None or model.owner_id != owner.id:
+            # Server paths are for `kd run`; through the API only uploaded weights can be named.
+            raise ProblemError(422, f"model {weights} not found; upload teacher weights with POST /v1/models",
+                               field="teacher.weights")
+        if model.arch != spec.teacher.arch:
+            raise ProblemError(422, f"model {weights} holds {model.arch} weights but teacher.arch is "
+                               f"{spec.teacher.arch}", field="teacher.weights")
+
+
+def _created(job: JobDetail, status: int) -> JSONResponse:
+    return JSONResponse(job.model_dump(mode="json"), status_code=status,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> JSONResponse | None:
+    query = select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key)
+    existing = session.scalars(query).first()
+    if existing is None:
+        return None
+    if existing.spec != spec_json:
+        raise ProblemError(409, "Idempotency-Key was already used with a different job spec",
+                           field="Idempotency-Key", kind="idempotency-conflict")
+    return _created(job_detail(session, existing), 200)
+
+
+@router.post(
+    "", status_code=201, response_model=JobDetail, summary="Submit a distillation job",
+    responses={200: {"model": JobDetail, "description": "replay of an earlier request with the same "
+                     "Idempotency-Key: the job it created"}, 503: {"model": Problem}, **ERRORS},
+    openapi_extra={"requestBody": {"content": {"application/json": {
+        "example": JobSpec.model_config["json_schema_extra"]["examples"][0]}}}},  # type: ignore[index]
+)
+def create_job(
+    spec: JobSpec, owner: OwnerDep, session: SessionDep, settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="a repeat with the same key "
+                                                  "and body returns the same job (200)")] = None,
+) -> JSONResponse:
+    spec_json = spec.model_dump(mode="json")
+    if idempotency_key is not None and (replay := _replay(session, owner, idempotency_key, spec_json)):
+        return replay
+    _check_references(session, owner, spec)
+    now = utcnow()
+    job = Job(id=new_id(), owner_id=owner.id, name=spec.name, spec=spec_json, state="queued",
+              idempotency_key=idempotency_key, created_at=now, queued_at=now, updated_at=now)
+    session.add(job)
+    transition(session, job, "queued", detail="submitted")
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert: answer as its replay.
+        session.rollback()
+        replay = _replay(session, owner, idempotency_key, spec_json) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+    try:
+        from worker.celery_app import enqueue_job
+
+        enqueue_job(job.id, settings)
+    except Exception as exc:
+        log.exception("enqueue of job %s failed", job.id)
+        # Not queued anywhere: remove it so that a retry (same Idempotency-Key) creates it afresh.
+        session.execute(delete(Job).where(Job.id == job.id))
+        session.commit()
+        raise ProblemError(503, f"the job queue is unavailable ({type(exc).__name__}); retry later",
+                           kind="broker-unavailable") from exc
+    return _created(job_detail(session, job), 201)
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or not isinstance(job_id, str):
+            raise ValueError("bad cursor contents")
+        return when, job_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ProblemError(422, "cursor is not one this API returned (use next_cursor as is)",
+                           field="cursor") from exc
+
+
+@router.get("", response_model=JobPage, summary="List your jobs, newest first", responses=ERRORS)
+def list_jobs(
+    owner: OwnerDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+    cursor: Annotated[str | None, Query(max_length=500, description="from the last page")] = None,
+    status: Annotated[list[JobState] | None, Query(description="only these states (repeatable)")] = None,
+) -> JobPage:
+    query = select(Job).where(Job.owner_id == owner.id)
+    if status:
+        query = query.where(Job.state.in_(status))
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return JobPage(items=[JobSummary.from_row(j) for j in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobDetail, summary="State, progress, transitions, results summary",
+            responses=ERRORS)
+def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
+    return job_detail(session, get_owned_job(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobDetail, summary="Ask a job to stop",
+             description="Idempotent. A queued job is cancelled at once; a running one goes to `cancelling` "
+             "and its worker stops within seconds. 409 for a job that already succeeded or failed.",
+             responses=ERRORS)
+def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
+    job = get_owned_job(session, owner, job_id)
+    now = utcnow()
+    # Conditional updates: the worker may claim or finish the job between our read and write.
+    for current, target, detail in (("queued", "cancelled", "cancelled before it started"),
+                                    ("running", "cancelling", "cancel requested")):
+        values = {"state": target, "cancel_requested": True, "updated_at": now}
+        if target == "cancelled":
+            values["finished_at"] = now
+        result = session.execute(update(Job).where(Job.id == job.id, Job.state == current).values(**values)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount == 1:
+            session.add(JobTransition(job_id=job.id, state=target, at=now, detail=detail))
+            break
+    session.commit()
+    session.refresh(job)
+    if job.state in ("succeeded", "failed"):
+        raise ProblemError(409, f"job {job_id} already {job.state}; nothing to cancel", field="job_id",
+                           kind="job-finished")
+    return job_detail(session, job)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its artifacts",
+               responses=ERRORS)
+def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
+    job = get_owned_job(session, owner, job_id)
+    result = session.execute(delete(Job).where(Job.id == job.id, Job.state.in_(TERMINAL_STATES))
+                             .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        session.rollback()
+        raise ProblemError(409, f"job {job_id} is {job.state}; only finished jobs (succeeded, failed, "
+                           "cancelled) can be deleted: cancel it first", field="job_id",
+                           kind="job-not-finished")
+    session.commit()
+    shutil.rmtree(Path(settings.artifact_dir) / "jobs" / job.id, ignore_errors=True)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Per-epoch series per training phase",
+            responses=ERRORS)
+def job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetrics:
+    job = get_owned_job(session, owner, job_id)
+    rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)).all()
+    phases: dict[str, PhaseSeries] = {}
+    for row in rows:
+        series = phases.setdefault(row.phase, PhaseSeries(epoch=[], train_loss=[], val_acc=[], lr=[]))
+        series.epoch.append(row.epoch)
+        series.train_loss.append(row.train_loss)
+        series.val_acc.append(row.val_acc)
+        series.lr.append(row.lr)
+    return JobMetrics(job_id=job.id, phases=phases)
+
+
+@router.get("/{job_id}/results", summary="Full results JSON of a succeeded job",
+            responses={200: {"content": {"application/json": {}}}, **ERRORS})
+def job_results(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    job = get_owned_job(session, owner, job_id)
+    path = Path(settings.artifact_dir) / "jobs" / job.id / "results.json"
+    if job.state != "succeeded" or not path.is_file():
+        raise ProblemError(404, f"job {job_id} has no results (state {job.state}); results exist once it "
+                           "succeeded", field="job_id", kind="no-results")
+    return JSONResponse(json.loads(path.read_text()))
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="Files a job produced",
+            responses=ERRORS)
+def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> ArtifactList:
+    job = get_owned_job(session, owner, job_id)
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.name)).all()
+    return ArtifactList(items=[ArtifactInfo(name=a.name, size=a.size, sha256=a.sha256,
+                                            url=f"/v1/jobs/{job.id}/artifacts/{a.name}") for a in rows])
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (ETag = sha256)",
+            responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "unchanged"},
+                       **ERRORS})
+def download_artifact(
+    job_id: str, name: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    job = get_owned_job(session, owner, job_id)
+    if name not in ARTIFACT_NAMES:
+        raise ProblemError(404, f"unknown artifact {name!r}; one of {', '.join(ARTIFACT_NAMES)}",
+                           field="name", kind="not-found")
+    row = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
+    # The path is rebuilt from the id and a known name, never taken from the database or the request.
+    path = Path(settings.artifact_dir) / "jobs" / job.id / name
+    if row is None or not path.is_file():
+        raise ProblemError(404, f"job {job_id} has no artifact {name} (state {job.state})", field="name",
+                           kind="not-found")
+    etag = f'"{row.sha256}"'
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(path, filename=name, headers={"ETag": etag},
+                        media_type=ARTIFACT_MEDIA_TYPES.get(name, "application/octet-stream"))
+

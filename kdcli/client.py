@@ -1,0 +1,285 @@
+"""`kd submit|status|list|cancel|download|results`: the HTTP client of the service (httpx).
+
+KD_API_URL (default http://127.0.0.1:8000) and KD_API_KEY (printed by `make up`) say where and who.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+MODEL_LABELS = {"teacher": "teacher", "student_baseline": "baseline", "student_kd": "distilled"}
+
+
+class ClientError(Exception):
+    """An API answer the user should read (problem+json detail, or a connection failure)."""
+
+
+def _client(timeout: float | None = 30.0) -> httpx.Client:
+    headers = {"Accept": "application/json"}
+    key = os.environ.get("KD_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    base = os.environ.get("KD_API_URL", DEFAULT_API_URL).rstrip("/")
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        body = response.json()
+        detail = body.get("detail") or body.get("title") or body
+    except ValueError:
+        detail = response.text.strip() or response.reason_phrase
+    raise ClientError(f"HTTP {response.status_code}: {detail}")
+
+
+def _request(method: str, path: str, **kwargs: Any) -> Any:
+    with _client() as client:
+        try:
+            response = _check(client.request(method, path, **kwargs))
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach {client.base_url}: {exc}") from exc
+    return response.json() if response.content else None
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event, data) pairs of a text/event-stream; data is decoded JSON when it is JSON."""
+    event, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                text = "\n".join(data)
+                try:
+                    yield event, json.loads(text)
+                except ValueError:
+                    yield event, text
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue  # comment / keep-alive
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+def _fraction_of(payload: Any) -> float | None:
+    if not isinstance(payload, dict):
+        return None
+    progress = payload.get("progress") if isinstance(payload.get("progress"), dict) else payload
+    value = progress.get("fraction")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def wait_for_job(job_id: str, *, show_progress: bool = True) -> dict:
+    """Follow /events until the job is terminal (drawing a progress bar), then return the job."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", desc=job_id[:8], disable=not show_progress,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+    try:
+        with _client(timeout=httpx.Timeout(30.0, read=None)) as client:
+            with client.stream("GET", f"/v1/jobs/{job_id}/events",
+                               headers={"Accept": "text/event-stream"}) as response:
+                if not response.is_success:
+                    response.read()  # a streamed error body must be read before .json()
+                    _check(response)
+                for event, payload in iter_sse(response.iter_lines()):
+                    fraction = _fraction_of(payload)
+                    if fraction is not None:
+                        bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
+                    if isinstance(payload, dict):
+                        state, phase = payload.get("state"), payload.get("phase")
+                        if state or phase:
+                            bar.set_postfix_str(" ".join(str(s) for s in (state, phase) if s))
+                        if event == "log" and payload.get("message"):
+                            bar.write(str(payload["message"]))
+                # the server ends the stream after a terminal state (and its last log lines)
+    except httpx.TransportError as exc:
+        raise ClientError(f"lost the event stream: {exc}") from exc
+    finally:
+        bar.close()
+    return _request("GET", f"/v1/jobs/{job_id}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = json.loads(Path(args.spec).read_text())
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    job = _request("POST", "/v1/jobs", json=spec, headers=headers)
+    print(job["id"])
+    if not args.wait:
+        return 0
+    job = wait_for_job(job["id"], show_progress=not args.quiet)
+    _print_state(job)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _print_state(job: dict) -> None:
+    line = f"{job['id']}  {job['state']}"
+    if job.get("phase") and job["state"] not in TERMINAL_STATES:
+        line += f"  {job['phase']}"
+    error = job.get("error") if isinstance(job.get("error"), dict) else None
+    code = (error or {}).get("code") or job.get("error_code")
+    message = (error or {}).get("message") or job.get("error_message")
+    if code:
+        line += f"  {code}: {message}"
+    print(line)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = _request("GET", f"/v1/jobs/{args.job_id}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        _print_state(job)
+        progress = job.get("progress") or {}
+        if progress and job["state"] not in TERMINAL_STATES:
+            print(f"  epoch {progress.get('epoch')}/{progress.get('epochs')}  "
+                  f"{100 * (progress.get('fraction') or 0):.0f}%  eta {progress.get('eta_seconds')} s")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    page = _request("GET", "/v1/jobs", params=params)
+    jobs = page.get("items", page.get("jobs", [])) if isinstance(page, dict) else page
+    print(f"{'id':32}  {'state':10}  {'created':25}  name")
+    for job in jobs:
+        created = str(job.get("created_at", ""))
+        print(f"{job['id']:32}  {job['state']:10}  {created:25}  {job.get('name', '')}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _request("POST", f"/v1/jobs/{args.job_id}/cancel")
+    _print_state(job or _request("GET", f"/v1/jobs/{args.job_id}"))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    listing = _request("GET", f"/v1/jobs/{args.job_id}/artifacts")
+    items = listing.get("items", listing.get("artifacts", [])) if isinstance(listing, dict) else listing
+    expected = next((a.get("sha256") for a in items if a.get("name") == args.artifact), None)
+    target = Path(args.output or args.artifact)
+    digest = hashlib.sha256()
+    partial = target.with_name(target.name + ".part")
+    with _client(timeout=httpx.Timeout(30.0, read=300.0)) as client:
+        with client.stream("GET", f"/v1/jobs/{args.job_id}/artifacts/{args.artifact}") as response:
+            if not response.is_success:
+                response.read()
+                _check(response)
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+    if expected and digest.hexdigest() != expected:
+        partial.unlink()
+        raise ClientError(f"{args.artifact}: sha256 mismatch (got {digest.hexdigest()}, expected {expected})")
+    partial.replace(target)
+    print(f"{target}  {target.stat().st_size} bytes  sha256 {digest.hexdigest()}")
+    return 0
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "acc":
+        return f"{100 * value:.2f}%" if value <= 1.0 else f"{value:.2f}%"
+    if kind == "params":
+        return f"{value / 1e6:.3f} M"
+    if kind == "size":
+        return f"{value / 1024:.1f} KiB" if value < 1024**2 else f"{value / 1024**2:.2f} MiB"
+    return f"{value:.2f} ms"
+
+
+def results_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The teacher / baseline / distilled table `kd results` prints."""
+    header = ("model", "clean acc", "corrupted acc", "params", "size", "latency")
+    rows = [header]
+    for key, label in MODEL_LABELS.items():
+        block = summary.get(key)
+        if block:
+            rows.append((label, _fmt(block.get("clean_acc"), "acc"), _fmt(block.get("corruption_acc"), "acc"),
+                         _fmt(block.get("params"), "params"), _fmt(block.get("size_bytes"), "size"),
+                         _fmt(block.get("latency_ms"), "ms")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from worker.summary import summarize_results  # pure Python: no database or Celery import
+
+    results = _request("GET", f"/v1/jobs/{args.job_id}/results")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(results_table(summarize_results(results)))
+    return 0
+
+
+def _run(func):
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ClientError as exc:
+            print(f"kd: {exc}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("submit", help="submit a job spec (JSON) to the service")
+    p.add_argument("spec", help="path of the job spec JSON file")
+    p.add_argument("--wait", action="store_true", help="follow progress; exit 0 only if the job succeeds")
+    p.add_argument("--quiet", action="store_true", help="with --wait: no progress bar")
+    p.add_argument("--idempotency-key", help="a repeat with the same key returns the same job")
+    p.set_defaults(func=_run(cmd_submit))
+
+    p = subparsers.add_parser("status", help="state, phase and progress of a job")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the whole job as JSON")
+    p.set_defaults(func=_run(cmd_status))
+
+    p = subparsers.add_parser("list", help="your jobs, newest first")
+    p.add_argument("--status", help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_run(cmd_list))
+
+    p = subparsers.add_parser("cancel", help="ask a job to stop")
+    p.add_argument("job_id")
+    p.set_defaults(func=_run(cmd_cancel))
+
+    p = subparsers.add_parser("download", help="download an artifact of a finished job")
+    p.add_argument("job_id")
+    p.add_argument("--artifact", default="student.safetensors",
+                   help="student.safetensors (default), student.onnx, student.ts, teacher.safetensors, "
+                   "baseline.safetensors, results.json")
+    p.add_argument("-o", "--output", help="file to write (default: the artifact name)")
+    p.set_defaults(func=_run(cmd_download))
+
+    p = subparsers.add_parser("results", help="teacher / baseline / distilled: accuracy, robustness, size")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the full results JSON")
+    p.set_defaults(func=_run(cmd_results))

@@ -1,0 +1,162 @@
+"""POST /v1/datasets (ImageFolder archives) and /v1/models (safetensors teacher weights) over HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from service_fixtures import (
+    TINY_SPEC,
+    ApiServer,
+    assert_problem,
+    image_folder_files,
+    module_settings,
+    png_bytes,
+    serve,
+    targz_bytes,
+    zip_bytes,
+)
+
+UPLOAD_LIMIT = 600_000
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory):
+    yield from serve(module_settings(tmp_path_factory, upload_max_bytes=UPLOAD_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def alice(api_server: ApiServer):
+    with api_server.client(api_server.new_key("alice")) as client:
+        yield client
+
+
+def upload(client, data: bytes, filename: str = "data.zip", **form):
+    files = {"file": (filename, data, "application/octet-stream")}
+    return client.post("/v1/datasets", files=files, data=form)
+
+
+def test_zip_of_class_folders(api_server: ApiServer, alice):
+    response = upload(alice, zip_bytes(image_folder_files({"cat": 3, "dog": 2, "emu": 2})), name="pets")
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert (info["name"], info["num_classes"], info["num_images"]) == ("pets", 3, 7)
+    assert info["classes"] == ["cat", "dog", "emu"] and info["size_bytes"] > 0
+    assert response.headers["location"] == f"/v1/datasets/{info['id']}"
+    stored = Path(api_server.settings.artifact_dir) / "datasets" / info["id"]
+    assert sorted(p.name for p in stored.iterdir()) == ["cat", "dog", "emu"]
+    assert alice.get(f"/v1/datasets/{info['id']}").json()["num_images"] == 7
+    assert info["id"] in [d["id"] for d in alice.get("/v1/datasets").json()["items"]]
+    job = alice.post("/v1/jobs", json={**TINY_SPEC, "dataset": info["spec_hint"]})
+    assert job.status_code == 201, job.text
+    with api_server.client(api_server.new_key("mallory")) as mallory:
+        assert_problem(mallory.get(f"/v1/datasets/{info['id']}"), 404, "dataset_id")
+        assert_problem(mallory.post("/v1/jobs", json={**TINY_SPEC, "dataset": info["spec_hint"]}), 422,
+                       "dataset.dataset_id")
+
+
+def test_targz_with_train_test_inside_a_top_folder(api_server: ApiServer, alice):
+    files = {**image_folder_files({"a": 2, "b": 2}, prefix="mydata/train/"),
+             **image_folder_files({"a": 1, "b": 1}, prefix="mydata/test/"),
+             "mydata/README.txt": b"not an image: left out", "__MACOSX/._a": b"junk"}
+    response = upload(alice, targz_bytes(files), filename="mydata.tar.gz")
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert (info["name"], info["num_classes"], info["num_images"]) == ("mydata", 2, 6)
+    stored = Path(api_server.settings.artifact_dir) / "datasets" / info["id"]
+    assert sorted(p.name for p in stored.iterdir()) == ["test", "train"]
+
+
+def _good() -> dict[str, bytes]:
+    return image_folder_files({"a": 2, "b": 2})
+
+
+@pytest.mark.parametrize(("name", "archive", "words"), [
+    ("dotdot", zip_bytes({**_good(), "../evil.png": png_bytes((1, 2, 3))}), "'..'"),
+    ("absolute", targz_bytes({**_good(), "/etc/evil.png": png_bytes((1, 2, 3))}), "absolute"),
+    ("symlink", targz_bytes(_good(), links={"a/link.png": "/etc/passwd"}), "link"),
+    ("one class", zip_bytes(image_folder_files({"only": 3})), "at least 2 class"),
+    ("bad image", zip_bytes({**_good(), "b/broken.png": b"\x89PNG but not really"}), "broken.png"),
+    ("loose image", zip_bytes({**_good(), "stray.png": png_bytes((9, 9, 9))}), "outside class folders"),
+    ("train without test", zip_bytes(image_folder_files({"a": 1, "b": 1}, prefix="train/")), "no test/"),
+    ("not an archive", b"just some bytes, not a zip", "neither"),
+    ("truncated zip", zip_bytes(_good())[:200], "damaged"),
+])
+def test_bad_archives_are_422_naming_the_problem(api_server: ApiServer, alice, name, archive, words):
+    body = assert_problem(upload(alice, archive), 422, "file")
+    assert words in body["detail"], body["detail"]
+    # Nothing is left behind: no data set folder, no temp files.
+    root = Path(api_server.settings.artifact_dir)
+    assert list((root / "tmp").iterdir()) == []
+    assert not (root / "etc").exists() and not (root.parent / "evil.png").exists()
+
+
+def test_upload_too_large_is_413(api_server: ApiServer, alice):
+    big = os.urandom(UPLOAD_LIMIT + 100_000)
+    assert_problem(upload(alice, big), 413, "file")
+
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        boundary = b"--xyz\r\n"
+        yield boundary + b'Content-Disposition: form-data; name="file"; filename="a.zip"\r\n\r\n'
+        for _ in range(12):
+            yield os.urandom(60_000)
+        yield b"\r\n--xyz--\r\n"
+
+    response = alice.post("/v1/datasets", content=chunks(),
+                          headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert_problem(response, 413, "file")
+    assert alice.get("/healthz").status_code == 200
+
+
+def _safetensors(arch: str, num_classes: int, in_channels: int = 3, extra: bool = False) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    from kdcore.models import build_model
+
+    state = build_model(arch, num_classes, in_channels=in_channels).state_dict()
+    if extra:
+        state["projector.weight"] = torch.zeros(4, 4)
+    return save({k: v.contiguous() for k, v in state.items()})
+
+
+def upload_model(client, data: bytes, **form):
+    return client.post("/v1/models", files={"file": ("teacher.safetensors", io.BytesIO(data))},
+                       data={k: str(v) for k, v in form.items()})
+
+
+def test_model_upload_and_use_as_teacher(api_server: ApiServer, alice):
+    weights = _safetensors("resnet8", 10)
+    response = upload_model(alice, weights, arch="resnet8", num_classes=10, in_channels=3)
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert (info["arch"], info["num_classes"], info["size_bytes"]) == ("resnet8", 10, len(weights))
+    stored = Path(api_server.settings.artifact_dir) / "models" / f"{info['id']}.safetensors"
+    assert stored.read_bytes() == weights
+    spec = {**TINY_SPEC, "teacher": {"arch": "resnet8", "weights": info["id"]}}
+    assert alice.post("/v1/jobs", json=spec).status_code == 201
+    wrong_arch = {**TINY_SPEC, "teacher": {"arch": "resnet20", "weights": info["id"]}}
+    assert_problem(alice.post("/v1/jobs", json=wrong_arch), 422, "teacher.weights")
+    assert alice.get(f"/v1/models/{info['id']}").json()["sha256"] == info["sha256"]
+    with api_server.client(api_server.new_key("mallory")) as mallory:
+        assert_problem(mallory.get(f"/v1/models/{info['id']}"), 404, "model_id")
+        assert_problem(mallory.post("/v1/jobs", json=spec), 422, "teacher.weights")
+
+
+def test_model_upload_with_wrong_shapes_or_bad_file(alice):
+    weights = _safetensors("resnet8", 10)
+    body = assert_problem(upload_model(alice, weights, arch="resnet8", num_classes=5), 422, "file")
+    assert "shape" in body["detail"] and "[5" in body["detail"]
+    other = _safetensors("resnet8", 10, extra=True)
+    body = assert_problem(upload_model(alice, other, arch="resnet8", num_classes=10), 422, "file")
+    assert "unexpected tensor projector.weight" in body["detail"]
+    gray = assert_problem(upload_model(alice, weights, arch="resnet8", num_classes=10, in_channels=1), 422)
+    assert "in_channels=1" in gray["detail"]
+    assert_problem(upload_model(alice, b"\x80\x04pickle", arch="resnet8", num_classes=10), 422, "file")
+    assert_problem(upload_model(alice, weights, arch="resnet9000", num_classes=10), 422, "arch")
+    assert_problem(upload_model(alice, weights, arch="resnet8", num_classes=1), 422, "num_classes")
+    assert_problem(alice.post("/v1/models", data={"arch": "resnet8", "num_classes": "10"}), 422, "file")
+
+

@@ -1,0 +1,211 @@
+"""Helpers of the worker and end-to-end tests: settings on a temp var dir, job rows, real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Seconds of training, not minutes: a subset of digits (8x8 images), resnet8 everywhere, one corruption cell.
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "dataset": {"source": "digits", "subset": 320, "test_subset": 100},
+    "teacher": {"arch": "resnet8", "train": {"epochs": 1, "batch_size": 64, "lr": 0.1}},
+    "student": {"arch": "resnet8"},
+    "distill": {"method": "kd"},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.1},
+    "baseline": False,
+    "evaluate": {"corruptions": ["gaussian_noise"], "severities": [1], "max_images": 50, "latency": False},
+    "export": ["safetensors"],
+}
+
+
+def tiny_spec(name: str = "tiny", epochs: int = 2, teacher_epochs: int = 1, baseline: bool = False,
+              subset: int = 320) -> dict[str, Any]:
+    spec = {**TINY_SPEC, "name": name, "baseline": baseline}
+    spec["dataset"] = {**TINY_SPEC["dataset"], "subset": subset}
+    teacher_recipe = {**TINY_SPEC["teacher"]["train"], "epochs": teacher_epochs}
+    spec["teacher"] = {**TINY_SPEC["teacher"], "train": teacher_recipe}
+    spec["train"] = {**TINY_SPEC["train"], "epochs": epochs}
+    return spec
+
+
+def service_env(var_dir: Path, **overrides: Any) -> dict[str, str]:
+    """KD_ environment of a service on var_dir: SQLite + the filesystem broker unless overridden."""
+    env = {
+        "KD_ARTIFACT_DIR": str(var_dir),
+        "KD_DATABASE_URL": f"sqlite:///{var_dir}/kd.db",
+        "KD_BROKER_URL": "filesystem://",
+    }
+    env.update({f"KD_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
+
+
+def service_settings(tmp_path: Path, monkeypatch, **overrides: Any):
+    """Point Settings at tmp_path (env + cache clear), migrate the database, return the Settings."""
+    from api.config import get_settings
+    from api.db import upgrade_database
+
+    for key, value in service_env(tmp_path, **overrides).items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade_database(settings.database_url)
+    return settings
+
+
+def insert_job(settings, spec: dict[str, Any] | None = None, **fields: Any) -> str:
+    """A queued job row (with its owner's api key row), as the API would create it."""
+    from api.db import ApiKey, Job, JobTransition
+    from worker.jobstore import sessions, utcnow
+
+    now = utcnow()
+    job_id = uuid.uuid4().hex
+    with sessions(settings.database_url).begin() as session:
+        key = ApiKey(name="test", key_hash=hashlib.sha256(job_id.encode()).hexdigest(), prefix=job_id[:8],
+                     created_at=now)
+        session.add(key)
+        session.flush()
+        row = dict(id=job_id, owner_id=key.id, name=(spec or TINY_SPEC)["name"], spec=spec or TINY_SPEC,
+                   state="queued", cancel_requested=False, attempts=0, created_at=now, queued_at=now,
+                   updated_at=now)
+        row.update(fields)
+        session.add(Job(**row))
+        session.flush()
+        session.add(JobTransition(job_id=job_id, state="queued", at=now))
+    return job_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A child in its own process group (so a test can SIGKILL it with its pool children)."""
+    log = log_path.open("ab")
+    return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def start_worker(env: dict[str, str], log_path: Path, name: str = "w1") -> subprocess.Popen:
+    return start_process([sys.executable, "-m", "worker", "-n", f"{name}@%h"], env, log_path)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.3, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# --- a running service: uvicorn + `python -m worker` processes on a temp var dir
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Service:
+    def __init__(self, var_dir: Path, env: dict[str, str]):
+        self.var_dir, self.env = var_dir, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.key = ""
+        self.http: httpx.Client | None = None
+
+    def start_api(self) -> None:
+        from api.config import Settings
+        from api.db import make_engine, make_sessionmaker, upgrade_database
+        from api.security import create_api_key
+
+        settings = Settings(**{k[3:].lower(): v for k, v in self.env.items() if k.startswith("KD_")})
+        upgrade_database(settings.database_url)
+        with make_sessionmaker(make_engine(settings.database_url)).begin() as session:
+            _, self.key = create_api_key(session, "e2e")
+        self.api = start_process([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+                                  "--host", "127.0.0.1", "--port", str(self.port)],
+                                 self.env, self.var_dir / "api.log")
+        auth = {"Authorization": f"Bearer {self.key}"}
+        self.http = httpx.Client(base_url=self.url, headers=auth, timeout=30)
+
+        def healthy() -> bool:
+            assert self.api.poll() is None, self.logs("api.log")
+            try:
+                return self.http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 60, what="the API to answer /healthz")
+
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+        proc = start_worker({**self.env, **env}, self.var_dir / f"worker-{name}.log", name)
+        self.workers.append(proc)
+        return proc
+
+    def logs(self, name: str, tail: int | None = 4000) -> str:
+        path = self.var_dir / name
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[-tail:] if tail else text
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        response = self.http.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_terminal(self, job_id: str, timeout: float) -> dict[str, Any]:
+        def done() -> dict | None:
+            job = self.job(job_id)
+            return job if job["state"] in TERMINAL else None
+
+        try:
+            return wait_until(done, timeout, 0.5, f"job {job_id} to finish")
+        except AssertionError:
+            worker_logs = "\n".join(self.logs(p.name) for p in self.var_dir.glob("worker-*.log"))
+            raise AssertionError(f"job {job_id} did not finish: {self.job(job_id)}\n{worker_logs}") from None
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            stop_process(proc)
+        if self.api is not None:
+            stop_process(self.api)
+        if self.http is not None:
+            self.http.close()
+
+
+def running_states(job: dict[str, Any]) -> list[str]:
+    return [t["state"] for t in job["transitions"]]

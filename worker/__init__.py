@@ -1,0 +1,1 @@
+"""Celery adapter: claims job rows, runs kdcore.run, writes progress, metrics and artifacts back."""

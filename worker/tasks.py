@@ -1,0 +1,229 @@
+"""Task kd.run_job: claim the job row, run kdcore.run with callbacks that write back, finish the row.
+
+torch and kdcore.pipeline are imported inside the task (and pre-imported when a pool child starts),
+never in the worker's parent process: CUDA is not fork-safe and must start in the child that trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import billiard.process
+from celery import shared_task
+from celery.signals import worker_process_init, worker_shutting_down
+
+from api.config import Settings, get_settings
+from kdcore.callbacks import Callbacks, Progress
+from worker.celery_app import TASK_NAME, enqueue_job
+from worker.jobstore import JobStore
+from worker.summary import summarize_results
+
+log = logging.getLogger("kd.worker")
+
+ARTIFACT_NAMES = ("student.safetensors", "student.onnx", "student.ts", "teacher.safetensors",
+                  "baseline.safetensors", "results.json")
+PROGRESS_INTERVAL_S = 1.0
+CANCEL_CACHE_S = 1.0
+# Set by SIGTERM in a pool child: stop training at the next cancel poll and hand the job back.
+shutdown_requested = threading.Event()
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def job_store(settings: Settings) -> JobStore:
+    return JobStore(settings.database_url, settings.lease_seconds, settings.max_attempts)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the claim every lease/3 s. `lost` turns true when the claim is gone (requeued, taken over)
+    or could not be renewed for a whole lease: the run must stop, another worker may own the job now."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str):
+        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
+        self.store, self.job_id, self.worker_id = store, job_id, worker_id
+        self.lost = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        interval = self.store.lease_seconds / 3
+        last_renewed = time.monotonic()
+        while not self._halt.wait(interval):
+            try:
+                if not self.store.renew_lease(self.job_id, self.worker_id):
+                    if self._halt.is_set():  # the job just finished: nothing was lost
+                        return
+                    log.warning("job %s: claim lost, stopping", self.job_id)
+                    self.lost.set()
+                    return
+                last_renewed = time.monotonic()
+            except Exception:  # database unreachable: keep trying until the lease would have run out
+                log.exception("job %s: lease renewal failed", self.job_id)
+                if time.monotonic() - last_renewed > self.store.lease_seconds:
+                    self.lost.set()
+                    return
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+class JobCallbacks(Callbacks):
+    """kdcore.run -> database: throttled progress, one metrics row per epoch, log lines, cancel flag."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, lease: LeaseKeeper):
+        self.store, self.job_id, self.worker_id, self.lease = store, job_id, worker_id, lease
+        self._phase: str | None = None
+        self._last_write = 0.0
+        self._cancel_checked = 0.0
+        self._cancel = False
+
+    def on_progress(self, progress: Progress) -> None:
+        now = time.monotonic()
+        phase_changed = progress.phase != self._phase
+        if not phase_changed and now - self._last_write < PROGRESS_INTERVAL_S:
+            return
+        if phase_changed:
+            self.store.add_log(self.job_id, f"phase {progress.phase}")
+        self._phase, self._last_write = progress.phase, now
+        self.store.set_progress(self.job_id, self.worker_id, progress.phase, {
+            "epoch": progress.epoch, "epochs": progress.epochs,
+            "step": progress.step, "steps": progress.steps,
+            "fraction": round(progress.fraction, 4), "eta_seconds": progress.eta_seconds,
+        })
+
+    def on_epoch_end(self, phase: str, epoch: int, metrics: dict[str, float]) -> None:
+        self.store.add_metric(self.job_id, phase, epoch, metrics)
+
+    def on_log(self, message: str) -> None:
+        self.store.add_log(self.job_id, message)
+
+    def should_cancel(self) -> bool:
+        if self.lease.lost.is_set() or shutdown_requested.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked >= CANCEL_CACHE_S:
+            self._cancel_checked = now
+            self._cancel = self.store.cancel_requested(self.job_id)
+        return self._cancel
+
+
+def collect_artifacts(out_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for name in ARTIFACT_NAMES:
+        path = out_dir / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+            rows.append({"name": name, "size": path.stat().st_size, "sha256": digest.hexdigest(),
+                         "path": str(path)})
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def execute_job(job_id: str, settings: Settings) -> str | None:
+    """Run one delivery of a job; returns the terminal state it set, or None if it did not own the job."""
+    store = job_store(settings)
+    worker_id = new_worker_id()
+    claim = store.claim(job_id, worker_id)
+    if claim is None:
+        log.info("job %s: not claimable (running elsewhere, finished, cancelled or deleted); skipped", job_id)
+        return None
+    log.info("job %s: claimed by %s (attempt %d)", job_id, worker_id, claim.attempts)
+    if claim.attempts > settings.max_attempts:
+        store.finish(job_id, worker_id, "failed", error_code="too_many_attempts",
+                     error_message=f"gave up after {claim.attempts - 1} attempts (max_attempts="
+                                   f"{settings.max_attempts})")
+        return "failed"
+    lease = LeaseKeeper(store, job_id, worker_id)
+    lease.start()
+    callbacks = JobCallbacks(store, job_id, worker_id, lease)
+    try:
+        return _run_claimed(store, claim, settings, callbacks)
+    finally:
+        lease.stop()
+
+
+def _run_claimed(store: JobStore, claim, settings: Settings, callbacks: JobCallbacks) -> str | None:
+    job_id, worker_id = claim.job_id, claim.worker_id
+    from kdcore.errors import Cancelled, KDError  # light; kdcore.run imports torch lazily
+
+    root = Path(settings.artifact_dir)
+    out_dir = root / "jobs" / job_id
+    store.add_log(job_id, f"attempt {claim.attempts} on worker {worker_id}")
+    try:
+        import kdcore
+        from kdcore.spec import JobSpec
+
+        spec = JobSpec.model_validate(claim.spec)
+        results = kdcore.run(spec, out_dir, callbacks, cache_dir=root / "cache",
+                             uploads_dir=root / "datasets", weights_dir=root / "models")
+    except Cancelled:
+        if callbacks.lease.lost.is_set():
+            log.warning("job %s: stopped after losing its claim; the new owner continues it", job_id)
+            return None
+        if shutdown_requested.is_set() and store.release(job_id, worker_id, f"worker {worker_id} shut down"):
+            enqueue_job(job_id, settings)  # resumes from its checkpoint on the next free worker
+            return None
+        return "cancelled" if store.finish(job_id, worker_id, "cancelled") else None
+    except KDError as exc:
+        return "failed" if store.finish(job_id, worker_id, "failed", error_code=exc.code,
+                                        error_message=exc.message) else None
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.add_log(job_id, traceback.format_exc(), level="error")
+        return "failed" if store.finish(job_id, worker_id, "failed", error_code="internal_error",
+                                        error_message=_one_line(exc)) else None
+    summary = summarize_results(results if isinstance(results, dict) else {})
+    ok = store.finish(job_id, worker_id, "succeeded", results_summary=summary,
+                      artifacts=collect_artifacts(out_dir))
+    return "succeeded" if ok else None
+
+
+@shared_task(name=TASK_NAME)
+def run_job(job_id: str) -> None:
+    execute_job(job_id, get_settings())
+
+
+def _preimport() -> None:
+    try:
+        import kdcore.pipeline  # noqa: F401
+    except Exception:  # the task reports the real error when it runs
+        log.debug("pre-import of kdcore.pipeline failed", exc_info=True)
+
+
+@worker_process_init.connect
+def _init_pool_child(**_: Any) -> None:
+    """SIGTERM (sent by the parent's warm shutdown, see below) hands the running job back instead of
+    killing the child. A fresh child imports torch and kdcore.pipeline while it waits for a job (seconds
+    saved per job with max_tasks_per_child=1); in a thread, as Celery gives a child 4 s to report ready.
+    Importing torch does not initialise CUDA."""
+    signal.signal(signal.SIGTERM, lambda *_: shutdown_requested.set())
+    threading.Thread(target=_preimport, name="preimport", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _ask_children_to_hand_back(**_: Any) -> None:
+    """Warm shutdown (SIGTERM, e.g. docker stop) would wait for an hours-long job: ask the pool child
+    to stop at its next cancel poll instead; its job goes back to the queue and resumes elsewhere."""
+    for child in billiard.process.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM)
