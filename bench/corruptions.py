@@ -49,9 +49,7 @@ def load_images(n: int, data: str | None) -> np.ndarray:
         with tarfile.open(TARBALL) as tf:
             for member in tf:
                 if member.isfile() and member.name.startswith("test/") and member.name.endswith(".jpg"):
-                    images.append(
-                        np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB"))
-                    )
+                    images.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")))
                     if len(images) == n:
                         break
     if not images:

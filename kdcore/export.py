@@ -100,7 +100,7 @@ def _example(card: ModelCard) -> torch.Tensor:
 def export_torchscript(model: nn.Module, card: ModelCard, path: Path) -> Path:
     probe = copy.deepcopy(model).cpu().eval()
     with torch.inference_mode():
-        traced = torch.jit.trace(probe, _example(card)[:1])
+        traced = torch.jit.trace(probe, _example(card)[:1], check_trace=False)  # re-tracing to check costs seconds
     traced.save(str(path))
     return path
 

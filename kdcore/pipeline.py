@@ -29,7 +29,7 @@ from kdcore.export import (
 )
 from kdcore.models import build_model
 from kdcore.robustness import FORMULAS, compare_to_baseline, evaluate_robustness
-from kdcore.settings import default_cache_dir
+from kdcore.settings import default_cache_dir, library_settings
 from kdcore.spec import DistillSpec, JobSpec, TrainRecipe
 from kdcore.train import train
 
@@ -111,6 +111,8 @@ def run(
 ) -> dict:
     """Run a whole job; returns the results dict also written to out_dir/results.json."""
     callbacks = callbacks or Callbacks()
+    if library_settings().torch_threads:
+        torch.set_num_threads(library_settings().torch_threads)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -245,10 +247,13 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
     for name in ("student_kd", "student_baseline"):
         if name in results:
             results[name]["compression_vs_teacher"] = _compression(teacher, results[name])
-    if "student_baseline" in results:
+    if "student_baseline" in results and names:
         results["kd_vs_baseline"] = compare_to_baseline(
             results["student_kd"], results["student_baseline"], teacher
         )
+    elif "student_baseline" in results:
+        delta = results["student_kd"]["clean_acc"] - results["student_baseline"]["clean_acc"]
+        results["kd_vs_baseline"] = {"clean_acc_delta": delta}
     results["formulas"] = FORMULAS
     results["corruption_source"] = (
         results["student_kd"].get("source") if names else "none (evaluate.corruptions was 'none')"

@@ -12,6 +12,9 @@ class LibrarySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KD_", extra="ignore")
 
     cache_dir: Path = Path("~/.cache/kd")  # decoded data sets and generated corruptions
+    # CPU threads for torch in kdcore.run; None keeps torch's default (one per core). Set cores / N when N
+    # training processes share a machine: oversubscribed OpenMP threads spin and slow everything down.
+    torch_threads: int | None = None
 
 
 @lru_cache

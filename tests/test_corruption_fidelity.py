@@ -146,6 +146,8 @@ PIL_REFS = {"pixelate": ref_pixelate, "jpeg_compression": ref_jpeg}
 
 @pytest.mark.parametrize("name", sorted(FLOAT_REFS) + sorted(PIL_REFS))
 def test_deterministic_corruption_matches_published_formula(images: np.ndarray, name: str) -> None:
+    if name == "zoom_blur":
+        images = images[:4]  # the scipy reference runs up to 26 zooms per image
     for s in SEVERITIES:
         if name in FLOAT_REFS:
             ref = np.stack([FLOAT_REFS[name](img / 255.0, s) for img in images])

@@ -152,7 +152,8 @@ def test_kd_with_alpha_zero_is_cross_entropy(nets) -> None:
 def test_kd_parts_weighted_by_alpha(nets) -> None:
     teacher, student, images, targets = nets
     student.eval()
-    distiller = build_distiller(DistillSpec(method="kd", alpha=0.75, temperature=3.0), student, teacher, images)
+    cfg = DistillSpec(method="kd", alpha=0.75, temperature=3.0)
+    distiller = build_distiller(cfg, student, teacher, images)
     logits, parts = distiller.forward_train(images, targets, 0)
     with torch.no_grad():
         t_logits = teacher(images)
@@ -191,7 +192,8 @@ def test_fitnet_hint_stage_is_clamped_per_network_and_rejected_past_both() -> No
 def test_baseline_needs_no_teacher_and_the_others_do() -> None:
     student = build_model("resnet8", 3, 1, 8)
     images, targets = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
-    _, parts = build_distiller(DistillSpec(method="none"), student, None, images).forward_train(images, targets, 0)
+    baseline = build_distiller(DistillSpec(method="none"), student, None, images)
+    _, parts = baseline.forward_train(images, targets, 0)
     assert set(parts) == {"ce"}
     with pytest.raises(KDError, match="needs a teacher"):
         build_distiller(DistillSpec(method="kd"), student, None, images)

@@ -108,6 +108,17 @@ def test_torchvision_models_keep_stock_parameter_names() -> None:
     assert ours_shapes["fc.weight"] == (10, 512)
 
 
+def test_every_arch_builds_on_the_meta_device() -> None:
+    # The API reads parameter shapes this way, without allocating or initialising anything.
+    reference = {k: v.shape for k, v in build_model("regnet_y_400mf", 10, 1).state_dict().items()}
+    for arch in MODEL_ARCHS:
+        with torch.device("meta"):
+            model = build_model(arch, 10, in_channels=1)
+        assert all(p.is_meta for p in model.parameters()), arch
+        if arch == "regnet_y_400mf":
+            assert {k: v.shape for k, v in model.state_dict().items()} == reference
+
+
 def test_build_model_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown model arch"):
         build_model("resnet9000", 10)
@@ -115,22 +126,24 @@ def test_build_model_rejects_bad_arguments() -> None:
         build_model("resnet8", 10, image_size=4)
 
 
-@pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv2"])
+# The CIFAR nets whose forward loops over module lists or slices channels; the others are plain chains.
+@pytest.mark.parametrize("arch", ["vgg8", "mobilenetv2", "shufflenetv2"])
 def test_script_and_trace_match_eager(arch: str) -> None:
     model = build_model(arch, 4, 1, 8).eval()
     x = torch.randn(2, 1, 8, 8)
-    with torch.no_grad():
+    # Unoptimised execution and no re-trace check: the same graphs, seconds less on a small CPU.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         expected = model(x)
         torch.testing.assert_close(torch.jit.script(model)(x), expected)
-        torch.testing.assert_close(torch.jit.trace(model, x)(x), expected)
+        torch.testing.assert_close(torch.jit.trace(model, x, check_trace=False)(x), expected)
 
 
 def test_trace_torchvision_with_feature_subclass() -> None:
     # Scripting torchvision models works too but takes seconds; export uses tracing.
     model = build_model("mobilenet_v3_small", 4, 1, 8).eval()
     x = torch.randn(2, 1, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.trace(model, x)(x), model(x))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(torch.jit.trace(model, x, check_trace=False)(x), model(x))
 
 
 @pytest.mark.parametrize("arch", ["resnet8", "shufflenetv2"])

@@ -120,12 +120,15 @@ class _FeatureDistiller(Distiller):
 
 
 def _sample_features(model: nn.Module, sample_input: torch.Tensor) -> list[torch.Tensor]:
-    """Stage maps of a sample batch, in eval mode so BN statistics do not move; restores the mode."""
+    """Stage maps of a sample batch, in eval mode so BN statistics do not move; restores the mode.
+
+    Runs where the model's parameters are: the caller may not have moved the student yet.
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return model.forward_features(sample_input)[1]
+            return model.forward_features(sample_input.to(next(model.parameters()).device))[1]
     finally:
         model.train(was_training)
 
@@ -149,9 +152,9 @@ class FitNet(_FeatureDistiller):
         self.student_stage = min(cfg.hint_stage, len(s_feats) - 1)
         self.teacher_stage = min(cfg.hint_stage, len(t_feats) - 1)
         c_s, c_t = s_feats[self.student_stage].shape[1], t_feats[self.teacher_stage].shape[1]
-        param = next(student.parameters())
+        param = next(student.parameters())  # the regressor lives with the student (trainer moves both)
         self.regressor = nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t)).to(
-            device=sample_input.device, dtype=param.dtype
+            device=param.device, dtype=param.dtype
         )
 
     def extra_parameters(self) -> list[nn.Parameter]:

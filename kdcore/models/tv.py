@@ -104,7 +104,15 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     model.set_submodule(name, new)
 
 
+# RegNet's builder computes its stage widths with torch ops, which fail on the meta device (used by
+# the API to get parameter shapes without allocating them): build those on the CPU, then move.
+_WIDTHS_FROM_TENSOR_MATH = {"regnet_y_400mf"}
+
+
 def build_torchvision(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    if arch in _WIDTHS_FROM_TENSOR_MATH and torch.get_default_device().type == "meta":
+        with torch.device("cpu"):
+            return build_torchvision(arch, num_classes, in_channels).to("meta")
     model = tvm.get_model(arch, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)

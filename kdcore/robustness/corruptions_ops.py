@@ -62,9 +62,7 @@ def gaussian_kernel1d(sigma: float, truncate: float) -> torch.Tensor:
     return (k / k.sum()).to(torch.float32)
 
 
-def gaussian_filter(
-    x: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0
-) -> torch.Tensor:
+def gaussian_filter(x: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> torch.Tensor:
     """skimage.filters.gaussian on each channel (its defaults: mode 'nearest', truncate 4)."""
     if sigma <= 0:
         return x
