@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,6 +13,8 @@ from api.config import Settings
 from api.db import ApiKey
 from api.problems import ProblemError
 from api.security import find_api_key
+
+T = TypeVar("T")
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -50,3 +52,9 @@ def get_owner(
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 OwnerDep = Annotated[ApiKey, Depends(get_owner)]
+
+
+def owned(session: Session, table: type[T], row_id: str | None, owner: ApiKey) -> T | None:
+    """The row if it exists and belongs to owner, else None: others' objects are never revealed."""
+    row = session.get(table, row_id) if row_id else None
+    return row if row is not None and row.owner_id == owner.id else None

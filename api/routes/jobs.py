@@ -30,7 +30,7 @@ from api.db import (
     transition,
     utcnow,
 )
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, owned
 from api.problems import Problem, ProblemError
 from api.schemas import (
     ArtifactInfo,
@@ -54,8 +54,8 @@ ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for
 
 def get_owned_job(session: Session, owner: ApiKey, job_id: str) -> Job:
     """The job if it exists and belongs to owner; otherwise 404 (others' jobs are not revealed)."""
-    job = session.get(Job, job_id)
-    if job is None or job.owner_id != owner.id:
+    job = owned(session, Job, job_id, owner)
+    if job is None:
         raise ProblemError(404, f"job {job_id} not found", field="job_id", kind="not-found")
     return job
 
@@ -70,14 +70,13 @@ def job_detail(session: Session, job: Job) -> JobDetail:
 def _check_references(session: Session, owner: ApiKey, spec: JobSpec) -> None:
     """Ids in the spec must name the caller's own uploads (422 naming the field)."""
     if spec.dataset.source == "upload":
-        dataset = session.get(Dataset, spec.dataset.dataset_id)
-        if dataset is None or dataset.owner_id != owner.id:
+        if owned(session, Dataset, spec.dataset.dataset_id, owner) is None:
             raise ProblemError(422, f"dataset {spec.dataset.dataset_id} not found; upload one with "
                                "POST /v1/datasets", field="dataset.dataset_id")
     weights = spec.teacher.weights
     if weights is not None:
-        model = session.get(Model, weights)
-        if model is None or model.owner_id != owner.id:
+        model = owned(session, Model, weights, owner)
+        if model is None:
             # Server paths are for `kd run`; through the API only uploaded weights can be named.
             raise ProblemError(422, f"model {weights} not found; upload teacher weights with POST /v1/models",
                                field="teacher.weights")
