@@ -33,7 +33,7 @@ from kdcore.data import BatchLoader, load_dataset
 from kdcore.distill import build_distiller
 from kdcore.models import build_model
 from kdcore.spec import DatasetSpec, DistillSpec, TrainRecipe
-from kdcore.train import make_optimizer, make_train_step
+from kdcore.train import compile_models, make_optimizer, make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -66,6 +66,8 @@ def project_runner(data_root: Path, cache: Path, device: torch.device, recipe: T
     student.to(memory_format=torch.channels_last)
     distiller = build_distiller(DistillSpec(method="kd"), student, teacher,
                                 sample_input=torch.zeros(2, 3, 32, 32, device=device))
+    if recipe.compile:
+        compile_models(distiller, device)
     optimizer = make_optimizer(list(student.parameters()), recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     step = make_train_step(distiller, optimizer, scaler, recipe, device, None)
@@ -143,10 +145,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="DataLoader workers of the plain loop")
+    parser.add_argument("--no-compile", action="store_true", help="run the project's models eagerly")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    recipe = TrainRecipe(epochs=1, batch_size=BATCH, lr=0.05, precision="fp32")
+    recipe = TrainRecipe(epochs=1, batch_size=BATCH, lr=0.05, precision="fp32", compile=not args.no_compile)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or extract_cifar(Path(tmp))
         project, decode_s = project_runner(root, Path(tmp) / "cache", device, recipe)
@@ -159,7 +162,7 @@ def main() -> None:
     project_ips, plain_ips = statistics.median(runs["project"]), statistics.median(runs["plain"])
     print(json.dumps({
         "benchmark": "kd_step_throughput", "teacher": "resnet56", "student": "resnet20", "batch_size": BATCH,
-        "precision": "fp32", "steps_per_run": args.steps, "repeats": args.repeats,
+        "precision": "fp32", "project_compile": recipe.compile, "steps_per_run": args.steps, "repeats": args.repeats,
         "project_img_per_s": round(project_ips, 1), "plain_img_per_s": round(plain_ips, 1),
         "speedup": round(project_ips / plain_ips, 2), "project_runs": [round(v, 1) for v in runs["project"]],
         "plain_runs": [round(v, 1) for v in runs["plain"]], "plain_dataloader_workers": args.workers,

@@ -92,7 +92,10 @@ class TrainRecipe(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
     )
-    compile: bool = Field(False, description="torch.compile the models (CUDA only)")
+    compile: bool = Field(
+        False, description="torch.compile the teacher (frozen) and the student; pays off for long runs: "
+        "compiling takes tens of seconds"
+    )
 
     @model_validator(mode="after")
     def _fits_epochs(self) -> TrainRecipe:
