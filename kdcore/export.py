@@ -61,8 +61,9 @@ def save_safetensors(model: nn.Module, card: ModelCard, path: Path) -> Path:
     return path
 
 
-def load_weights_into(model: nn.Module, path: Path) -> None:
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
     """Load a safetensors file into model, with an error a user can act on when it does not fit."""
+    path = Path(path)
     if not path.is_file():
         raise WeightsError(f"teacher weights not found: {path}", code="weights_not_found")
     try:
@@ -83,8 +84,9 @@ def load_weights_into(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def load_model(path: Path) -> tuple[nn.Module, ModelCard]:
+def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     """Rebuild a model from a file written by save_safetensors."""
+    path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         card = ModelCard.from_metadata(f.metadata() or {})
     model = build_model(card.arch, card.num_classes, card.in_channels, card.image_size)
