@@ -177,9 +177,8 @@ def run(
                 report_step=lambda e, s, n, E, p=phase: tracker.report(
                     p, (e * n + s) / (E * n), epoch=e + 1, epochs=E, step=s, steps=n),
             )
-            last_state = torch.load(ckpt_dir / f"{phase}.pt", map_location="cpu", weights_only=True)["model"]
             probe = _new_model(archs[name], data, seed=0)
-            probe.load_state_dict(last_state)
+            probe.load_state_dict(summary.last_state)
             last_logits = predict_logits(probe, data.test_x, mean=data.mean, std=data.std, device=dev)
             phases[name] = {**summary.to_dict(), "last_epoch_acc": accuracy(last_logits, data.test_y)}
             save_safetensors(model, _card(archs[name], data), weights_file)
