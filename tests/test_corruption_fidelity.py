@@ -158,29 +158,41 @@ def test_deterministic_corruption_matches_published_formula(images: np.ndarray, 
         assert mad(got, images / 255.0) > 0 or name == "zoom_blur", "corruption changed nothing"
 
 
+GLASS_BLUR = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)]  # (sigma, delta, iterations)
+
+
+def ref_glass_blur(x: np.ndarray, s: int, offsets: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The published loop on (N, 32, 32, 3) uint8, one (dy, dx) pair of (N, 32, 32) arrays per iteration.
+    Its numpy 'swap' `x[h, w], x[h', w'] = x[h', w'], x[h, w]` goes through views, so it only copies
+    x[h', w'] into x[h, w]; that copy is written here, over all images at once (the loop runs
+    bottom-right to top-left, so pixel order still matters)."""
+    sigma, delta, _ = GLASS_BLUR[s - 1]
+
+    def blur(imgs: np.ndarray) -> np.ndarray:  # image by image: a 4-D gaussian would blur across images
+        return np.stack([gaussian(img, sigma=sigma, channel_axis=-1) for img in imgs])
+
+    a = np.uint8(blur(x / 255.0) * 255)
+    n = np.arange(len(x))
+    for dys, dxs in offsets:
+        for h in range(32 - delta, delta, -1):
+            for w in range(32 - delta, delta, -1):
+                a[n, h, w] = a[n, h + dys[:, h, w], w + dxs[:, h, w]]
+    return np.clip(blur(a / 255.0), 0, 1)
+
+
 def test_glass_blur_equals_the_published_sequential_loop(images: np.ndarray) -> None:
-    """The published loop (numpy pixel-view 'swap', bottom-right to top-left) fed with the same
-    random offsets as ours gives our parallel result."""
+    """The published loop fed with the same random offsets as ours gives our parallel result."""
     x = images[:4]
     indices = torch.arange(4)
     for s in (3, 5):
-        sigma, delta, iterations = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]
+        _, delta, iterations = GLASS_BLUR[s - 1]
         rng = RngContext(0, NAMES.index("glass_blur"), s, indices)
         offsets = [
             (rng.randint(10 + 2 * it, (32, 32), -delta, delta).numpy(),
              rng.randint(11 + 2 * it, (32, 32), -delta, delta).numpy())
             for it in range(iterations)
         ]  # fmt: skip
-        refs = []
-        for i, img in enumerate(x):
-            a = np.uint8(gaussian(img / 255.0, sigma=sigma, channel_axis=-1) * 255)
-            for dys, dxs in offsets:
-                for h in range(32 - delta, delta, -1):
-                    for w in range(32 - delta, delta, -1):
-                        hp, wp = h + dys[i, h, w], w + dxs[i, h, w]
-                        a[h, w], a[hp, wp] = a[hp, wp], a[h, w]
-            refs.append(np.clip(gaussian(a / 255.0, sigma=sigma, channel_axis=-1), 0, 1))
-        assert mad(ours(x, "glass_blur", s), np.stack(refs)) <= TOL
+        assert mad(ours(x, "glass_blur", s), ref_glass_blur(x, s, offsets)) <= TOL
 
 
 # ---- noises: mean and standard deviation within 2% ---------------------------------------------
@@ -240,6 +252,51 @@ def test_psnr_weakly_decreases_with_severity(cifar64: np.ndarray | None, name: s
     assert psnr[0] < 50, f"{name} severity 1 barely changes the images: {psnr}"
     rising = {s for s in range(1, 5) if psnr[s] > psnr[s - 1] + 1e-6}
     assert rising <= PSNR_MAY_RISE.get(name, set()), (name, [round(p, 2) for p in psnr])
+
+
+def ref_elastic_transform(x: np.ndarray, s: int, rs: np.random.RandomState) -> np.ndarray:
+    """make_cifar_c's elastic_transform on one (32, 32, 3) uint8 image, with scipy standing in for
+    cv2: getAffineTransform + warpAffine (bilinear, BORDER_REFLECT_101) is an inverse affine map
+    applied by ndi.affine_transform (order 1, mode 'mirror', which is reflect-101)."""
+    alpha, sigma, jitter = (f * 32 for f in [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
+                                             (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)][s - 1])  # fmt: skip
+    image = x.astype(np.float32) / 255
+    pts1 = np.float32([[26, 26], [26, 6], [6, 6]])  # center 16 +- size // 3, as (x, y)
+    pts2 = pts1 + rs.uniform(-jitter, jitter, size=pts1.shape).astype(np.float32)
+    inv = np.linalg.solve(np.c_[pts2, np.ones(3)], pts1).T  # output (x, y, 1) -> source (x, y)
+    matrix = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])  # in (row, col) order
+    offset = np.array([inv[1, 2], inv[0, 2]])
+    image = np.stack([ndi.affine_transform(image[..., k], matrix, offset, order=1, mode="mirror")
+                      for k in range(3)], -1)  # fmt: skip
+    dx = gaussian(rs.uniform(-1, 1, size=(32, 32)), sigma, mode="reflect", truncate=3) * alpha
+    dy = gaussian(rs.uniform(-1, 1, size=(32, 32)), sigma, mode="reflect", truncate=3) * alpha
+    rows, cols, chans = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+    coords = (rows + dy[..., None], cols + dx[..., None], chans)
+    return np.clip(ndi.map_coordinates(image, coords, order=1, mode="reflect"), 0, 1)
+
+
+def published(x: np.ndarray, name: str, s: int, rs: np.random.RandomState) -> np.ndarray:
+    """The published formula (not ours) on (N, 32, 32, 3) uint8 images, with numpy's own randomness."""
+    if name == "saturate":
+        return np.stack([ref_saturate(img / 255.0, s) for img in x])
+    if name == "glass_blur":
+        iterations = GLASS_BLUR[s - 1][2]
+        return ref_glass_blur(x, s, [tuple(rs.randint(-1, 1, size=(2, *x.shape[:3]))) for _ in range(iterations)])
+    return np.stack([ref_elastic_transform(img, s, rs) for img in x])
+
+
+@pytest.mark.parametrize("name", ["saturate", "glass_blur", "elastic_transform"])
+def test_published_formula_itself_raises_psnr_at_the_allowed_steps(cifar64: np.ndarray | None, name: str) -> None:
+    """The PSNR rises in PSNR_MAY_RISE are the published parameters' doing, not ours: the plain
+    reference implementations rise at exactly the same steps on the same 64 images."""
+    if cifar64 is None:
+        pytest.skip(f"{CIFAR_TARBALL} not found")
+    clean = torch.from_numpy(cifar64).permute(0, 3, 1, 2).float()
+    rs = np.random.RandomState(0)
+    psnr = [mean_psnr(torch.from_numpy(published(cifar64, name, s, rs)).permute(0, 3, 1, 2) * 255, clean)
+            for s in SEVERITIES]  # fmt: skip
+    rising = {s for s in range(1, 5) if psnr[s] > psnr[s - 1] + 1e-6}
+    assert rising == PSNR_MAY_RISE[name], (name, [round(p, 2) for p in psnr])
 
 
 def test_registry_covers_every_corruption() -> None:
