@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     lease_seconds: float = Field(60.0, gt=0, description="a worker's unrenewed claim lasts this long")
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails too_many_attempts")
+    resend_after_seconds: float = Field(
+        300.0, gt=0, description="a job queued this long, with fewer messages in the broker queue than queued "
+        "jobs, is sent again (its message was lost)",
+    )
     upload_max_bytes: int = Field(1 << 30, ge=1, description="largest accepted dataset/model upload")
     upload_max_files: int = Field(200_000, ge=1, description="most members a dataset archive may hold")
     events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")

@@ -104,6 +104,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When a task message was last sent for it (None: rows older than migration 0002); the sweeper
+    # sends again a job whose message was lost (worker/sweeper.py).
+    enqueued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

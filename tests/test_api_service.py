@@ -31,7 +31,7 @@ def test_migrations_apply_on_sqlite_and_are_idempotent(tmp_path):
         assert TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as connection:
             assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     finally:
         engine.dispose()
 

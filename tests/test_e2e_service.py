@@ -135,3 +135,17 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_elsewhere(service):
     resumed = re.findall(r"distilling: resumed from checkpoint after epoch (\d+)", logs)
     assert resumed, logs[-3000:]
     assert int(resumed[0]) > 0
+
+
+def test_job_whose_queue_message_was_lost_still_runs(service):
+    """The filesystem broker loses a message taken by a worker that dies before claiming the job: the
+    message file is deleted here, and a worker's sweeper must send the job again."""
+    job_id = service.submit(tiny_spec("lost"))
+    messages = list((service.var_dir / "broker" / "queue").glob("*.msg"))
+    assert len(messages) == 1
+    messages[0].unlink()
+    service.start_worker("w1", KD_RESEND_AFTER_SECONDS="1", KD_LEASE_SECONDS="2")
+    job = service.wait_terminal(job_id, JOB_TIMEOUT_S)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert "sent again" in service.http.get(f"/v1/jobs/{job_id}/events").text

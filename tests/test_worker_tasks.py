@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import timedelta
 
@@ -14,9 +15,9 @@ from worker_helpers import insert_job, service_settings, wait_until
 from api.db import Job, JobLog
 from kdcore.callbacks import Progress
 from worker import tasks
-from worker.celery_app import QUEUE, get_celery_app
+from worker.celery_app import QUEUE, get_celery_app, waiting_messages
 from worker.jobstore import JobStore, utcnow
-from worker.sweeper import requeue_expired
+from worker.sweeper import requeue_expired, resend_lost
 
 
 @pytest.fixture()
@@ -63,6 +64,54 @@ def test_sweeper_requeues_and_enqueues_expired_jobs(settings, store):
     assert requeue_expired(settings) == [dead]
     assert _queued_messages(settings) == [{"task": "kd.run_job", "args": [dead]}]
     assert (_job(store, live).state, _job(store, dead).state) == ("running", "queued")
+
+
+def test_sweeper_resends_a_queued_job_whose_message_was_lost(settings, store):
+    """A worker killed between taking a message and claiming the job leaves it queued with no message.
+    The queue is FIFO, so the message taken was the oldest one sent: that job is sent again."""
+    long_ago = utcnow() - timedelta(seconds=settings.resend_after_seconds + 60)
+    lost = insert_job(settings, queued_at=long_ago - timedelta(seconds=10))
+    waiting, young = insert_job(settings, queued_at=long_ago), insert_job(settings)
+    for job_id in (waiting, young):
+        tasks.enqueue_job(job_id, settings)
+    assert resend_lost(settings) == [lost]
+    assert resend_lost(settings) == []  # just sent: not again before resend_after_seconds
+    later = utcnow() + timedelta(seconds=settings.resend_after_seconds + 1)
+    assert resend_lost(settings, now=later) == []  # every queued job has its message waiting
+    assert sorted(m["args"][0] for m in _queued_messages(settings)) == sorted([waiting, young, lost])
+    assert resend_lost(settings, now=later) == [waiting, young, lost]  # the queue was drained: all lost now
+    assert resend_lost(settings, now=later) == []  # each is sent once per period, by any sweeper
+    assert len(_queued_messages(settings)) == 3
+    with store.sessions() as session:
+        logs = session.scalars(select(JobLog.message).where(JobLog.job_id == lost)).all()
+    assert any("sent again" in m for m in logs)
+
+
+def test_sweeper_leaves_alone_queued_jobs_whose_messages_wait(settings, store):
+    long_ago = utcnow() - timedelta(seconds=settings.resend_after_seconds + 60)
+    jobs = [insert_job(settings, queued_at=long_ago) for _ in range(2)]
+    running = insert_job(settings, queued_at=long_ago)
+    store.claim(running, "busy")
+    for job_id in jobs:
+        tasks.enqueue_job(job_id, settings)
+    assert resend_lost(settings) == []
+    assert sorted(m["args"][0] for m in _queued_messages(settings)) == sorted(jobs)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not os.environ.get("KD_TEST_REDIS_URL"), reason="KD_TEST_REDIS_URL unset (see .ci/run)")
+def test_sweeper_counts_the_messages_waiting_in_redis(tmp_path, monkeypatch):
+    settings = service_settings(tmp_path, monkeypatch, broker_url=os.environ["KD_TEST_REDIS_URL"])
+    get_celery_app(settings).control.purge()
+    long_ago = utcnow() - timedelta(seconds=settings.resend_after_seconds + 60)
+    lost = insert_job(settings, queued_at=long_ago - timedelta(seconds=10))
+    waiting = insert_job(settings, queued_at=long_ago)
+    tasks.enqueue_job(waiting, settings)
+    assert waiting_messages(settings) == 1
+    assert resend_lost(settings) == [lost]
+    assert waiting_messages(settings) == 2
+    assert sorted(m["args"][0] for m in _queued_messages(settings)) == sorted([lost, waiting])
+    assert waiting_messages(settings) == 0
 
 
 def test_execute_job_skips_jobs_it_cannot_claim(settings, store):

@@ -87,4 +87,10 @@ def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
     get_celery_app(settings).send_task(TASK_NAME, args=[job_id], queue=QUEUE, routing_key=QUEUE)
 
 
+def waiting_messages(settings: Settings | None = None) -> int:
+    """Messages waiting in the kd queue; those a worker has taken (and not yet acknowledged) do not count."""
+    with get_celery_app(settings).connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=QUEUE, durable=True, auto_delete=False).message_count
+
+
 celery_app = get_celery_app()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import db
@@ -150,7 +150,7 @@ class JobStore:
             result = session.execute(
                 update(Job).where(self._owned(job_id, worker_id) & (Job.state == "running")).values(
                     state="queued", worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1,
-                    queued_at=now, updated_at=now,
+                    queued_at=now, enqueued_at=now, updated_at=now,
                 ).execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
@@ -180,7 +180,7 @@ class JobStore:
                               error_message=f"the job's worker died {attempts} times "
                                             f"(max_attempts={self.max_attempts}); last: {reason}")
             else:
-                target = dict(state="queued", queued_at=now)
+                target = dict(state="queued", queued_at=now, enqueued_at=now)
             with self.sessions.begin() as session:
                 # Conditional on the row still being the one we read: sweepers run in every worker.
                 result = session.execute(
@@ -196,3 +196,28 @@ class JobStore:
             if target["state"] == "queued":
                 requeued.append(job_id)
         return requeued
+
+    def queued_unsent_since(self, cutoff: datetime) -> tuple[int, list[str]]:
+        """(how many jobs are queued, the ids of those whose message was last sent before cutoff, oldest first)."""
+        sent_at = func.coalesce(Job.enqueued_at, Job.queued_at)
+        with self.sessions() as session:
+            queued = session.scalar(select(func.count()).where(Job.state == "queued"))
+            stale = session.scalars(
+                select(Job.id).where((Job.state == "queued") & (sent_at < cutoff)).order_by(sent_at, Job.id)
+            ).all()
+        return int(queued or 0), list(stale)
+
+    def mark_resent(self, job_id: str, cutoff: datetime, now: datetime | None = None) -> bool:
+        """Stamp a job about to be sent again; False if it left queued or another sweeper stamped it first."""
+        now = now or utcnow()
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Job).where((Job.id == job_id) & (Job.state == "queued")
+                                  & (func.coalesce(Job.enqueued_at, Job.queued_at) < cutoff))
+                .values(enqueued_at=now).execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False
+            session.execute(insert(JobLog).values(job_id=job_id, at=now, level="warning",
+                                                  message="no queue message seemed left for it: sent again"))
+        return True

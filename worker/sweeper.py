@@ -1,8 +1,10 @@
-"""Re-queue jobs whose worker died: a thread in every worker's parent process, every lease/2 s.
+"""Re-queue jobs whose worker died, resend lost messages: a thread in every worker's parent process.
 
-A job whose lease expired goes back to queued and is enqueued again; the next worker that claims it
-calls kdcore.run on the same out_dir, which resumes from the last checkpoint. No celery beat needed:
-each worker sweeps, and the conditional UPDATE in JobStore.requeue_expired makes concurrent sweeps safe.
+Every lease/2 s: a job whose lease expired goes back to queued and is enqueued again; the next worker
+that claims it calls kdcore.run on the same out_dir, which resumes from the last checkpoint. A queued
+job whose message is gone (the filesystem broker loses one taken by a worker killed before its claim;
+Redis gives it back only after the visibility timeout) is sent again. No celery beat needed: each
+worker sweeps, and conditional UPDATEs in JobStore make concurrent sweeps safe.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from api.config import Settings, get_settings
-from worker.celery_app import enqueue_job
-from worker.jobstore import JobStore
+from worker.celery_app import enqueue_job, waiting_messages
+from worker.jobstore import JobStore, utcnow
 
 log = logging.getLogger("kd.sweeper")
 
-# Held while a sweep touches the database. Forking waits for it (register_at_fork below), so a pool
+# Held while a sweep touches the database or the broker. Forking waits for it (register_at_fork below), so a pool
 # child is never forked while this thread is inside SQLite or a connection pool.
 _sweep_lock = threading.Lock()
 
@@ -44,6 +46,27 @@ def requeue_expired(settings: Settings | None = None, now: datetime | None = Non
     return job_ids
 
 
+def resend_lost(settings: Settings | None = None, now: datetime | None = None) -> list[str]:
+    """One sweep: send again queued jobs whose message was lost. Returns their ids.
+
+    The broker cannot say which job a lost message belonged to, only how many wait. When fewer wait
+    than jobs are queued, the jobs last sent more than resend_after_seconds ago are sent again, oldest
+    first, one per missing message. A wrong guess costs a duplicate delivery, which the claim skips.
+    """
+    settings = settings or get_settings()
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.resend_after_seconds)
+    with _sweep_lock:
+        store = JobStore(settings.database_url, settings.lease_seconds, settings.max_attempts)
+        queued, stale = store.queued_unsent_since(cutoff)
+        missing = queued - waiting_messages(settings) if stale else 0
+        resent = [job_id for job_id in stale[:max(missing, 0)] if store.mark_resent(job_id, cutoff, now)]
+    for job_id in resent:
+        log.warning("job %s: queued with no message since before %s, sent again", job_id, cutoff)
+        enqueue_job(job_id, settings)
+    return resent
+
+
 class Sweeper(threading.Thread):
     def __init__(self, settings: Settings, interval_s: float | None = None):
         super().__init__(name="kd-sweeper", daemon=True)
@@ -55,6 +78,7 @@ class Sweeper(threading.Thread):
         while not self._halt.wait(self.interval_s):
             try:
                 requeue_expired(self.settings)
+                resend_lost(self.settings)
             except Exception:  # a database or broker blip: try again next round
                 log.exception("sweep failed")
 

@@ -119,7 +119,7 @@ def create_job(
     _check_references(session, owner, spec)
     now = utcnow()
     job = Job(id=new_id(), owner_id=owner.id, name=spec.name, spec=spec_json, state="queued",
-              idempotency_key=idempotency_key, created_at=now, queued_at=now, updated_at=now)
+              idempotency_key=idempotency_key, created_at=now, queued_at=now, enqueued_at=now, updated_at=now)
     session.add(job)
     transition(session, job, "queued", detail="submitted")
     try:
