@@ -6,8 +6,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     KD_ARTIFACT_DIR=/data KD_HOST=0.0.0.0 KD_PORT=8000
 
-# libgomp: OpenMP runtime of scikit-learn/onnxruntime wheels; curl: container health checks.
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 curl \
+# libgomp: OpenMP runtime of scikit-learn/onnxruntime wheels; curl: container health checks;
+# g++: torch.compile (train.compile) builds C++ kernels on CPU and Triton launchers on CUDA.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 curl g++ \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

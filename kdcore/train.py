@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -22,7 +23,7 @@ from torch import nn
 from kdcore.callbacks import Callbacks
 from kdcore.data import BatchLoader, ImageData
 from kdcore.distill import Distiller
-from kdcore.errors import Cancelled
+from kdcore.errors import Cancelled, KDError
 from kdcore.evaluate import predict_logits
 from kdcore.spec import TrainRecipe
 
@@ -114,6 +115,10 @@ def compile_models(distiller: Distiller, device: torch.device) -> None:
     folds its BatchNorms into the convolutions and prepacks the weights. On the 2-core CPU here (torch
     2.14.1) this made the resnet56 teacher's forward ~25% faster and the resnet20 student's forward+backward
     ~20% faster (fused BN/ReLU/add), after ~40 s of compiling each: worth it for long runs only."""
+    # Inductor builds C++ kernels on CPU (and Triton's launchers on CUDA): fail now, not mid-compile.
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        raise KDError("train.compile needs a C++ compiler (g++ or clang++) on the worker; install one or "
+                      "set train.compile to false", code="compile_unavailable")
     if distiller.teacher is not None:
         distiller.teacher.compile(options={"freezing": True})
     distiller.student.compile()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from kdcore.callbacks import Callbacks
 from kdcore.data import load_dataset
-from kdcore.errors import Cancelled, WeightsError
+from kdcore.errors import Cancelled, KDError, WeightsError
 from kdcore.evaluate import accuracy, predict_logits
 from kdcore.export import load_model
 from kdcore.models import build_model
@@ -135,3 +136,32 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
     reloaded, card = load_model(out / "student.safetensors")
     x = torch.randn(4, card.in_channels, card.image_size, card.image_size)
     assert torch.allclose(scripted(x), reloaded(x), atol=1e-5)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler")
+def test_compiled_training_keeps_plain_weights_and_learns_like_eager(tmp_path: Path, cache_dir: Path) -> None:
+    """train.compile (inductor, ~40 s of compiling here): checkpoints and exported weights keep the plain
+    model's keys, load into an uncompiled model that reproduces the reported accuracy, and the run
+    learns about as well as the same eager run."""
+    compiled_spec = {**TINY, "train": {**TINY["train"], "compile": True}}
+    compiled = run(JobSpec.model_validate(compiled_spec), tmp_path / "compiled", cache_dir=cache_dir, device="cpu")
+    eager = run(JobSpec.model_validate(TINY), tmp_path / "eager", cache_dir=cache_dir, device="cpu")
+    weights = _weights(tmp_path / "compiled" / "student.safetensors")
+    spec = JobSpec.model_validate(compiled_spec)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
+    model = build_model(spec.student.arch, data.num_classes, data.in_channels, data.image_size)
+    assert set(weights) == set(model.state_dict())  # no "_orig_mod." prefixes
+    model.load_state_dict(weights)
+    logits = predict_logits(model, data.test_x, mean=data.mean, std=data.std, device=torch.device("cpu"))
+    assert accuracy(logits, data.test_y) == pytest.approx(compiled["student_kd"]["clean_acc"], abs=0.005)
+    assert compiled["student_kd"]["clean_acc"] > 2 / data.num_classes  # it learned
+    assert compiled["student_kd"]["clean_acc"] == pytest.approx(eager["student_kd"]["clean_acc"], abs=0.05)
+
+
+def test_compile_without_a_compiler_fails_with_a_clear_error(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr("kdcore.train.shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    spec = JobSpec.model_validate({**TINY, "train": {**TINY["train"], "compile": True}})
+    with pytest.raises(KDError, match="train.compile needs a C\\+\\+ compiler") as raised:
+        run(spec, tmp_path / "out", cache_dir=cache_dir, device="cpu")
+    assert raised.value.code == "compile_unavailable"
