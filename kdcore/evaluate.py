@@ -13,6 +13,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdcore.data import normalize
 
+# Images per inference batch when the caller does not say. Measured on the 2-core CPU (resnet56 and
+# resnet20 on 32x32, channels_last): batches of 64 ran at about twice the images/s of batches of 1000,
+# whose activations fall out of the caches. A GPU wants large batches.
+CPU_INFERENCE_BATCH = 64
+CUDA_INFERENCE_BATCH = 1000
+
+
+def inference_batch_size(device: torch.device, requested: int | None = None) -> int:
+    if requested:
+        return requested
+    return CPU_INFERENCE_BATCH if device.type == "cpu" else CUDA_INFERENCE_BATCH
+
 
 @torch.inference_mode()
 def predict_logits(
@@ -22,14 +34,16 @@ def predict_logits(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Logits (float32, CPU) for uint8 images, in fixed-size batches so results do not depend on N."""
+    """Logits (float32, CPU) for uint8 images, fp32, in fixed-size batches (default: inference_batch_size)
+    so that results do not depend on N."""
     model.eval()
+    batch_size = inference_batch_size(device, batch_size)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalize(images[start : start + batch_size].to(device), mean, std)
-        outputs.append(model(batch).float().cpu())
+        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
     if not outputs:
         return torch.empty(0)
     return torch.cat(outputs)

@@ -145,7 +145,10 @@ class EvaluateSpec(_Strict):
     official_root: str | None = Field(None, description="folder with CIFAR-10-C/100-C .npy files")
     max_images: int | None = Field(None, ge=1, description="evaluate corruptions on the first N test images")
     seed: int = Field(0, ge=0, description="seed of the generated corruptions")
-    batch_size: int = Field(500, ge=1, le=65536)
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description="images per inference batch; default 64 on CPU (measured twice as "
+        "fast as 1000 there), 1000 on CUDA",
+    )
     calibration: bool = True
     latency: bool = True
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdcore.errors import Cancelled, DataError
+from kdcore.evaluate import predict_logits
 from kdcore.robustness.metrics import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -29,16 +30,8 @@ from kdcore.spec import EvaluateSpec
 GENERATED_SOURCE = "CIFAR-C-like (generated)"
 # Part of every cache key: bump it when the corruption functions change their output.
 CACHE_VERSION = 1
-
-
-def _normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    try:
-        from kdcore.data import normalize
-    except ImportError:  # kdcore.data not present: the same formula, (x / 255 - mean) / std
-        m = torch.tensor(mean, device=x_uint8.device).view(1, -1, 1, 1)
-        s = torch.tensor(std, device=x_uint8.device).view(1, -1, 1, 1)
-        return (x_uint8.float() / 255.0 - m) / s
-    return normalize(x_uint8, mean, std)
+# Images corrupted at once when evaluate.batch_size is unset (bounds memory; outputs do not depend on it).
+CORRUPT_BATCH = 500
 
 
 def _cache_path(
@@ -93,17 +86,6 @@ def generated_cell(
     return images
 
 
-@torch.inference_mode()
-def _logits(model: nn.Module, x_uint8: torch.Tensor, mean, std, batch_size: int) -> torch.Tensor:
-    out = []
-    for start in range(0, len(x_uint8), batch_size):
-        x = _normalize(x_uint8[start:start + batch_size], mean, std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            out.append(model(x).float())
-    return torch.cat(out)
-
-
 def evaluate_robustness(
     models: dict[str, nn.Module],
     test_x: torch.Tensor,
@@ -151,15 +133,15 @@ def evaluate_robustness(
         if official:
             x, y = load_official(spec.official_root, name, severity, num_classes=num_classes,
                                  max_images=spec.max_images)
-            x, y = x.to(device), y.to(device)
+            x = x.to(device)
         else:
-            x = generated_cell(test_x, name, severity, seed=spec.seed, batch_size=spec.batch_size,
+            x = generated_cell(test_x, name, severity, seed=spec.seed, batch_size=spec.batch_size or CORRUPT_BATCH,
                                device=device, cache_dir=cache_dir, fingerprint=fingerprint,
                                max_images=spec.max_images)
-            y = test_y[: len(x)].to(device)
+            y = test_y[: len(x)].cpu()
         n_images = len(x)
         for model_name, model in models.items():
-            logits = _logits(model, x, mean, std, spec.batch_size)
+            logits = predict_logits(model, x, mean=mean, std=std, device=device, batch_size=spec.batch_size)
             acc[model_name][name][severity] = float((logits.argmax(1) == y).float().mean())
             if spec.calibration:
                 ece[model_name].append(expected_calibration_error(logits, y))
@@ -184,4 +166,4 @@ def evaluate_robustness(
 def _num_classes(models: dict[str, nn.Module], test_x, mean, std, device: torch.device) -> int:
     """Class count from the first model's logits width: the official labels must match it."""
     model = next(iter(models.values())).to(device).eval()
-    return _logits(model, test_x[:1].to(device), mean, std, 1).shape[1]
+    return predict_logits(model, test_x[:1], mean=mean, std=std, device=device).shape[1]
