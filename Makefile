@@ -36,6 +36,7 @@ bench: install
 	$(PIP) install --quiet -e '.[bench]'
 	$(PY) bench/throughput.py
 	$(PY) bench/corruptions.py
+	$(PY) bench/inference_batch.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
