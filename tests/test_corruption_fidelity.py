@@ -213,12 +213,14 @@ def ref_noise(x: np.ndarray, name: str, s: int, rs: np.random.RandomState) -> np
 
 @pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"])
 def test_noise_distribution_matches_published_formula(images: np.ndarray, name: str) -> None:
-    """Pooled over 8 seeds (ours) and 8 draws (numpy): sparse impulse noise needs the sample size."""
-    x = np.concatenate([images / 255.0] * 8)
+    """Pooled over several seeds (ours) and as many draws (numpy). Sparse impulse noise needs 32: with 8,
+    the spread of its impulse count alone moved the std by up to 2.5% between draws (measured)."""
+    draws = 32 if name == "impulse_noise" else 8
+    x = np.concatenate([images / 255.0] * draws)
     rs = np.random.RandomState(0)
     t = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     for s in SEVERITIES:
-        got = torch.cat([corrupt(t, name, s, seed=seed) for seed in range(8)])
+        got = torch.cat([corrupt(t, name, s, seed=seed) for seed in range(draws)])
         got = got.permute(0, 2, 3, 1).double().numpy()
         ref = ref_noise(x, name, s, rs)
         assert abs(got.mean() - ref.mean()) <= 0.02 * ref.mean(), (name, s)
