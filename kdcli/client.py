@@ -1,4 +1,4 @@
-"""`kd submit|status|list|cancel|download|results`: the HTTP client of the service (httpx).
+"""`kd submit|status|list|cancel|download|results|upload-dataset|upload-model`: the service's HTTP client.
 
 KD_API_URL (default http://127.0.0.1:8000) and KD_API_KEY (printed by `make up`) say where and who.
 """
@@ -45,8 +45,8 @@ def _check(response: httpx.Response) -> httpx.Response:
     raise ClientError(f"HTTP {response.status_code}: {detail}")
 
 
-def _request(method: str, path: str, **kwargs: Any) -> Any:
-    with _client() as client:
+def _request(method: str, path: str, timeout: float | httpx.Timeout = 30.0, **kwargs: Any) -> Any:
+    with _client(timeout) as client:
         try:
             response = _check(client.request(method, path, **kwargs))
         except httpx.TransportError as exc:
@@ -198,6 +198,51 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0, write=600.0)  # the server unpacks and checks the archive
+
+
+def _upload(path: str, route: str, form: dict[str, Any]) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ClientError(f"{path}: no such file")
+    with file.open("rb") as handle:
+        data = {k: str(v) for k, v in form.items() if v is not None}
+        return _request("POST", route, timeout=UPLOAD_TIMEOUT, files={"file": (file.name, handle)}, data=data)
+
+
+def weights_card(path: str) -> dict[str, str]:
+    """The metadata kdcore writes into its safetensors files (arch, num_classes, ...), or {}.
+    Read from the header (8-byte length, then JSON), so the client needs neither torch nor the tensors."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length)) if 0 < length < 100_000_000 else {}
+    except (OSError, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) and meta.get("format") == "kd-service/1" else {}
+
+
+def cmd_upload_dataset(args: argparse.Namespace) -> int:
+    info = _upload(args.archive, "/v1/datasets", {"name": args.name})
+    print(f"dataset {info['id']}  {info['num_images']} images, {info['num_classes']} classes")
+    print(json.dumps({"dataset": info["spec_hint"]}))
+    return 0
+
+
+def cmd_upload_model(args: argparse.Namespace) -> int:
+    card = weights_card(args.weights)
+    form = {"arch": args.arch or card.get("arch"), "num_classes": args.num_classes or card.get("num_classes"),
+            "in_channels": args.in_channels or card.get("in_channels"), "name": args.name}
+    missing = [f"--{k.replace('_', '-')}" for k in ("arch", "num_classes") if form[k] is None]
+    if missing:
+        raise ClientError(f"{args.weights} carries no kd metadata: give {' and '.join(missing)}")
+    info = _upload(args.weights, "/v1/models", form)
+    print(f"model {info['id']}  {info['arch']}, {info['num_classes']} classes, sha256 {info['sha256'][:12]}")
+    print(json.dumps({"teacher": {"arch": info["arch"], "weights": info["id"]}}))
+    return 0
+
+
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "-"
@@ -278,6 +323,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    "baseline.safetensors, results.json")
     p.add_argument("-o", "--output", help="file to write (default: the artifact name)")
     p.set_defaults(func=_run(cmd_download))
+
+    p = subparsers.add_parser("upload-dataset", help="upload an ImageFolder .zip/.tar.gz; prints its dataset spec")
+    p.add_argument("archive")
+    p.add_argument("--name", help="default: the file name")
+    p.set_defaults(func=_run(cmd_upload_dataset))
+
+    p = subparsers.add_parser("upload-model", help="upload teacher weights (.safetensors); prints its teacher spec")
+    p.add_argument("weights", help="a state_dict in safetensors; kd's own files (e.g. a job's "
+                   "teacher.safetensors) carry arch and classes, so the options below are optional for them")
+    p.add_argument("--arch")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--name", help="default: the file name")
+    p.set_defaults(func=_run(cmd_upload_model))
 
     p = subparsers.add_parser("results", help="teacher / baseline / distilled: accuracy, robustness, size")
     p.add_argument("job_id")

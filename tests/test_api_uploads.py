@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -160,3 +161,39 @@ def test_model_upload_with_wrong_shapes_or_bad_file(alice):
     assert_problem(alice.post("/v1/models", data={"arch": "resnet8", "num_classes": "10"}), 422, "file")
 
 
+
+
+def test_kd_upload_commands(api_server: ApiServer, tmp_path, monkeypatch, capsys):
+    """`kd upload-dataset` / `kd upload-model` over real HTTP; a kd-exported teacher needs no options."""
+    from kdcli.main import main as kd
+    from kdcore.export import ModelCard, save_safetensors
+    from kdcore.models import build_model
+
+    key = api_server.new_key("cli")
+    monkeypatch.setenv("KD_API_URL", api_server.base_url)
+    monkeypatch.setenv("KD_API_KEY", key)
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(zip_bytes(image_folder_files({"cat": 2, "dog": 2})))
+    assert kd(["upload-dataset", str(archive), "--name", "pets"]) == 0
+    first, hint = capsys.readouterr().out.splitlines()
+    dataset_id = json.loads(hint)["dataset"]["dataset_id"]
+    assert first.startswith(f"dataset {dataset_id}  4 images, 2 classes")
+
+    card = ModelCard(arch="resnet8", num_classes=7, in_channels=1, image_size=8, classes=list("abcdefg"),
+                     mean=(0.5,), std=(0.25,))
+    weights = save_safetensors(build_model("resnet8", 7, in_channels=1), card, tmp_path / "teacher.safetensors")
+    assert kd(["upload-model", str(weights)]) == 0
+    teacher = json.loads(capsys.readouterr().out.splitlines()[1])["teacher"]
+    with api_server.client(key) as client:
+        info = client.get(f"/v1/models/{teacher['weights']}").json()
+        assert client.get(f"/v1/datasets/{dataset_id}").json()["name"] == "pets"
+    assert (teacher["arch"], info["arch"], info["num_classes"], info["in_channels"]) == ("resnet8", "resnet8", 7, 1)
+
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(_safetensors("resnet8", 10))
+    assert kd(["upload-model", str(plain)]) == 2
+    assert "give --arch and --num-classes" in capsys.readouterr().err
+    assert kd(["upload-model", str(plain), "--arch", "resnet8", "--num-classes", "5"]) == 2  # server says why
+    assert "shape" in capsys.readouterr().err
+    assert kd(["upload-dataset", str(tmp_path / "missing.zip")]) == 2
+    assert "no such file" in capsys.readouterr().err
