@@ -64,7 +64,10 @@ def test_blocks_match_a_hand_written_evaluation(tmp_path):
                 nlls.append(negative_log_likelihood(logits, y[:11]))
         assert block["corruption_acc"] == pytest.approx(np.mean(accs))
         assert block["mce"] == pytest.approx(100 - 100 * np.mean(accs))
-        assert block["robustness_retention"] == pytest.approx(np.mean(accs) / 0.5)
+        # Retention divides by the clean accuracy on the same 11 images, not by the test set's (0.5 here).
+        same = float((_reference_logits(model, x[:11]).argmax(1) == y[:11]).float().mean())
+        assert block["clean_acc_same_images"] == pytest.approx(same) and block["clean_acc"] == 0.5
+        assert block["robustness_retention"] == pytest.approx(np.mean(accs) / same)
         assert block["corrupted_ece"] == pytest.approx(np.mean(eces), abs=1e-5)
         assert block["corrupted_nll"] == pytest.approx(np.mean(nlls), rel=1e-4)
         assert block["source"] == GENERATED_SOURCE and block["n_images"] == 11

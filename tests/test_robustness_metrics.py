@@ -117,3 +117,14 @@ def test_formulas_name_every_reported_metric():
         _block(KD_ACC, 0.9), _block(BASE_ACC, 0.9), None))
     assert reported <= set(FORMULAS)
     assert {"ece", "nll", "corrupted_ece", "corrupted_nll"} <= set(FORMULAS)
+
+
+def test_relative_ce_uses_the_clean_accuracy_of_the_corrupted_images_when_known():
+    """With max_images, the corrupted cells use the first n test images: E_clean comes from those."""
+    kd, base = _block(KD_ACC, 0.95), _block(BASE_ACC, 0.90)
+    kd["clean_acc_same_images"], base["clean_acc_same_images"] = 0.85, 0.80  # errors 0.15 and 0.20
+    out = compare_to_baseline(kd, base)
+    assert out["relative_mce_vs_baseline"] == pytest.approx(
+        {"gaussian_noise": (0.6 - 0.3) / (0.8 - 0.4), "fog": (0.4 - 0.3) / (0.3 - 0.4)}
+    )
+    assert out["clean_acc_delta"] == pytest.approx(0.05)  # still the whole test set's clean accuracy

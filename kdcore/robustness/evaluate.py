@@ -151,15 +151,25 @@ def evaluate_robustness(
 
     source = official_source_label(num_classes) if official else GENERATED_SOURCE
     blocks = {}
-    for model_name in models:
+    for model_name, model in models.items():
         clean = clean_acc.get(model_name)
-        block = {"source": source, "n_images": n_images, "clean_acc": clean}
-        block.update(summarize_accuracies(acc[model_name], clean))
+        same = None if official else _clean_acc_first(model, test_x, test_y, n_images, clean, mean, std, device, spec)
+        block = {"source": source, "n_images": n_images, "clean_acc": clean, "clean_acc_same_images": same}
+        block.update(summarize_accuracies(acc[model_name], clean if same is None else same))
         # Every cell has n_images images, so the mean of per-cell NLLs is the per-image mean.
         block["corrupted_ece"] = sum(ece[model_name]) / len(cells) if spec.calibration else None
         block["corrupted_nll"] = sum(nll[model_name]) / len(cells) if spec.calibration else None
         blocks[model_name] = block
     return blocks
+
+
+def _clean_acc_first(model, test_x, test_y, n, clean, mean, std, device, spec: EvaluateSpec) -> float | None:
+    """Clean top-1 on the first n test images, the ones the generated cells corrupt: retention and
+    relative CE must compare like with like when max_images leaves out part of the test set."""
+    if n == len(test_x):
+        return clean
+    logits = predict_logits(model, test_x[:n], mean=mean, std=std, device=device, batch_size=spec.batch_size)
+    return float((logits.argmax(1) == test_y[:n].cpu()).float().mean())
 
 
 @torch.inference_mode()

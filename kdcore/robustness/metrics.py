@@ -26,12 +26,17 @@ FORMULAS: dict[str, str] = {
     "per_severity": "mean over corruptions c of acc(c, s)",
     "corruption_acc": "mean over all (corruption c, severity s) cells of acc(c, s)",
     "mce": "100 * (1 - corruption_acc), in percent (CIFAR convention, unnormalised)",
-    "robustness_retention": "corruption_acc / clean_acc",
+    "clean_acc_same_images": (
+        "top-1 on the clean versions of the images the generated corruption cells use (the first n_images "
+        "test images); null with the official arrays"
+    ),
+    "robustness_retention": "corruption_acc / clean_acc_same_images (clean_acc with the official arrays)",
     "ce_vs_baseline": "CE(c) = sum_s E_kd(c, s) / sum_s E_base(c, s), with E = 1 - acc",
     "mce_vs_baseline": "mean over corruptions c of ce_vs_baseline(c)",
     "relative_mce_vs_baseline": (
         "rCE(c) = sum_s (E_kd(c, s) - E_kd_clean) / sum_s (E_base(c, s) - E_base_clean) "
-        "(Hendrycks & Dietterich 2019: the clean error is subtracted once per severity)"
+        "(Hendrycks & Dietterich 2019: the clean error is subtracted once per severity); E_clean = "
+        "1 - clean_acc_same_images (clean_acc with the official arrays)"
     ),
     "relative_mce_vs_baseline_mean": "mean over corruptions c of relative_mce_vs_baseline(c)",
     "clean_acc_delta": "clean_acc(student_kd) - clean_acc(student_baseline)",
@@ -100,6 +105,12 @@ def _errors(block: Mapping) -> dict[str, dict[str, float]]:
     return {c: {s: 1.0 - a for s, a in row.items()} for c, row in block["per_corruption"].items()}
 
 
+def _clean_reference(block: Mapping) -> float:
+    """The clean accuracy on the corrupted cells' own images when known, else the test set's."""
+    same = block.get("clean_acc_same_images")
+    return block["clean_acc"] if same is None else same
+
+
 def compare_to_baseline(
     kd_block: Mapping, baseline_block: Mapping, teacher_block: Mapping | None = None
 ) -> dict[str, object]:
@@ -111,8 +122,8 @@ def compare_to_baseline(
     kd_err, base_err = _errors(kd_block), _errors(baseline_block)
     if kd_err.keys() != base_err.keys() or any(kd_err[c].keys() != base_err[c].keys() for c in kd_err):
         raise ValueError("student_kd and student_baseline were evaluated on different corruption cells")
-    kd_clean_err = 1.0 - kd_block["clean_acc"]
-    base_clean_err = 1.0 - baseline_block["clean_acc"]
+    kd_clean_err = 1.0 - _clean_reference(kd_block)
+    base_clean_err = 1.0 - _clean_reference(baseline_block)
     ce: dict[str, float | None] = {}
     relative_ce: dict[str, float | None] = {}
     for c in kd_err:
