@@ -31,6 +31,7 @@ from kdcore.models import build_model
 from kdcore.robustness import FORMULAS, compare_to_baseline, evaluate_robustness
 from kdcore.settings import default_cache_dir, library_settings
 from kdcore.spec import DistillSpec, JobSpec, TrainRecipe
+from kdcore.teacher_cache import load_cached_teacher, store_teacher, teacher_key
 from kdcore.train import train
 
 WEIGHTS = {"teacher": "teacher.safetensors", "student_baseline": "baseline.safetensors",
@@ -161,9 +162,17 @@ def run(
         phase = TRAIN_PHASES[name]
         weights_file = out_dir / WEIGHTS[name]
         model = teacher if name == "teacher" else _new_model(archs[name], data, seed=recipe.seed)
+        cache_key = teacher_key(data.fingerprint, archs[name], recipe) if name == "teacher" else ""
         if name in phases and weights_file.exists():
             load_weights_into(model, weights_file)
             callbacks.on_log(f"{phase}: already done, loaded {weights_file.name}")
+        elif cache_key and spec.teacher.reuse and (cached := load_cached_teacher(cache_dir, cache_key, model)):
+            phases[name] = {**cached, "reused_from_cache": cache_key}
+            save_safetensors(model, _card(archs[name], data), weights_file)
+            _write_json(phases, phases_file)
+            tracker.report(phase, 1.0)
+            callbacks.on_log(f"{phase}: reused the teacher an earlier run trained on the same data with the same "
+                             f"arch and recipe (teacher cache {cache_key})")
         else:
             t0 = time.perf_counter()
             sample = data.train_x[:2]
@@ -183,6 +192,8 @@ def run(
             phases[name] = {**summary.to_dict(), "last_epoch_acc": accuracy(last_logits, data.test_y)}
             save_safetensors(model, _card(archs[name], data), weights_file)
             _write_json(phases, phases_file)
+            if cache_key:
+                store_teacher(cache_dir, cache_key, model, _card(archs[name], data), phases[name])
             timings[phase] = time.perf_counter() - t0
         models[name] = model
 
@@ -227,6 +238,7 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
             "best_epoch": summary.get("best_epoch"), "best_val_acc": summary.get("best_val_acc"),
             "last_epoch_val_acc": summary.get("last_val_acc"), "last_epoch_acc": summary.get("last_epoch_acc"),
             "resumed_from_epoch": summary.get("resumed_from_epoch"), "history": summary.get("history", []),
+            "reused_from_cache": summary.get("reused_from_cache"),  # teacher cache key, when not trained here
         })
         results[name] = block
     names = spec.evaluate.corruption_names()

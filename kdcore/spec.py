@@ -110,6 +110,10 @@ class TeacherSpec(_Strict):
     arch: ModelArch
     weights: str | None = Field(None, description="model id from POST /v1/models or a .safetensors path")
     train: TrainRecipe | None = Field(None, description="recipe used when no weights are given")
+    reuse: bool = Field(
+        True, description="with a train recipe: load the teacher an earlier job trained on the same data with "
+        "the same arch and recipe instead of training it again (false: always train)",
+    )
 
     @model_validator(mode="after")
     def _weights_or_recipe(self) -> TeacherSpec:

@@ -58,7 +58,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_gives_identical_runs(tmp_path: Path, cache_dir: Path) -> None:
-    spec = JobSpec.model_validate(TINY)
+    spec = JobSpec.model_validate({**TINY, "teacher": {**TINY["teacher"], "reuse": False}})  # both train it
     first = run(spec, tmp_path / "a", cache_dir=cache_dir, device="cpu")
     second = run(spec, tmp_path / "b", cache_dir=cache_dir, device="cpu")
     for name in ("teacher", "student_kd"):
@@ -165,3 +165,40 @@ def test_compile_without_a_compiler_fails_with_a_clear_error(tmp_path: Path, cac
     with pytest.raises(KDError, match="train.compile needs a C\\+\\+ compiler") as raised:
         run(spec, tmp_path / "out", cache_dir=cache_dir, device="cpu")
     assert raised.value.code == "compile_unavailable"
+
+
+class LogLines(Callbacks):
+    def __init__(self) -> None:
+        self.logs: list[str] = []
+
+    def on_log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+def test_a_later_job_reuses_the_teacher_trained_on_the_same_data_and_recipe(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run(JobSpec.model_validate(TINY), tmp_path / "kd", cache_dir=cache, device="cpu")
+    other_method = {**TINY, "distill": {"method": "dkd"}}
+    logs = LogLines()
+    second = run(JobSpec.model_validate(other_method), tmp_path / "dkd", logs, cache_dir=cache, device="cpu")
+    assert any("reused the teacher" in m for m in logs.logs)
+    assert "training_teacher" not in second["timings"]
+    assert second["teacher"]["reused_from_cache"] and first["teacher"]["reused_from_cache"] is None
+    a, b = _weights(tmp_path / "kd" / "teacher.safetensors"), _weights(tmp_path / "dkd" / "teacher.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second["teacher"]["clean_acc"] == first["teacher"]["clean_acc"]
+    assert second["teacher"]["history"] == first["teacher"]["history"]
+    # Another recipe, or reuse switched off, trains a teacher of its own.
+    variants = ({**TINY["teacher"], "train": {**TINY["teacher"]["train"], "lr": 0.05}},
+                {**TINY["teacher"], "reuse": False})
+    for i, variant in enumerate(variants):
+        logs = LogLines()
+        third = run(JobSpec.model_validate({**TINY, "teacher": variant}), tmp_path / f"variant{i}", logs,
+                    cache_dir=cache, device="cpu")
+        assert not any("reused the teacher" in m for m in logs.logs) and "training_teacher" in third["timings"]
+    # A damaged cache entry is not trusted: the teacher is trained again and the entry rewritten.
+    for entry in (cache / "teachers").glob("*.safetensors"):
+        entry.write_bytes(b"not safetensors")
+    logs = LogLines()
+    fourth = run(JobSpec.model_validate(TINY), tmp_path / "again", logs, cache_dir=cache, device="cpu")
+    assert not any("reused the teacher" in m for m in logs.logs) and "training_teacher" in fourth["timings"]
