@@ -58,3 +58,11 @@ def owned(session: Session, table: type[T], row_id: str | None, owner: ApiKey) -
     """The row if it exists and belongs to owner, else None: others' objects are never revealed."""
     row = session.get(table, row_id) if row_id else None
     return row if row is not None and row.owner_id == owner.id else None
+
+
+def owned_or_404(session: Session, table: type[T], row_id: str, owner: ApiKey, noun: str) -> T:
+    """owned(), or a 404 problem naming the `<noun>_id` field: others' objects look like missing ones."""
+    row = owned(session, table, row_id, owner)
+    if row is None:
+        raise ProblemError(404, f"{noun} {row_id} not found", field=f"{noun}_id", kind="not-found")
+    return row

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.db import Dataset, new_id
-from api.deps import OwnerDep, SessionDep, SettingsDep, owned
-from api.problems import Problem, ProblemError
+from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
+from api.problems import Problem
 from api.schemas import DatasetInfo, DatasetList
 from api.uploads import save_upload, store_dataset
 
@@ -70,7 +70,4 @@ def list_datasets(owner: OwnerDep, session: SessionDep) -> DatasetList:
 
 @router.get("/{dataset_id}", response_model=DatasetInfo, summary="One uploaded data set", responses=ERRORS)
 def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetInfo:
-    row = owned(session, Dataset, dataset_id, owner)
-    if row is None:
-        raise ProblemError(404, f"dataset {dataset_id} not found", field="dataset_id", kind="not-found")
-    return DatasetInfo.from_row(row)
+    return DatasetInfo.from_row(owned_or_404(session, Dataset, dataset_id, owner, "dataset"))

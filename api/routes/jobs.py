@@ -30,7 +30,7 @@ from api.db import (
     transition,
     utcnow,
 )
-from api.deps import OwnerDep, SessionDep, SettingsDep, owned
+from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import (
     ArtifactInfo,
@@ -54,10 +54,7 @@ ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for
 
 def get_owned_job(session: Session, owner: ApiKey, job_id: str) -> Job:
     """The job if it exists and belongs to owner; otherwise 404 (others' jobs are not revealed)."""
-    job = owned(session, Job, job_id, owner)
-    if job is None:
-        raise ProblemError(404, f"job {job_id} not found", field="job_id", kind="not-found")
-    return job
+    return owned_or_404(session, Job, job_id, owner, "job")
 
 
 def job_detail(session: Session, job: Job) -> JobDetail:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.db import Model, new_id
-from api.deps import OwnerDep, SessionDep, SettingsDep, owned
+from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ModelInfo, ModelList
 from api.uploads import save_upload
@@ -104,7 +104,4 @@ def list_models(owner: OwnerDep, session: SessionDep) -> ModelList:
 
 @router.get("/{model_id}", response_model=ModelInfo, summary="One uploaded model", responses=ERRORS)
 def get_model(model_id: str, owner: OwnerDep, session: SessionDep) -> ModelInfo:
-    row = owned(session, Model, model_id, owner)
-    if row is None:
-        raise ProblemError(404, f"model {model_id} not found", field="model_id", kind="not-found")
-    return ModelInfo.from_row(row)
+    return ModelInfo.from_row(owned_or_404(session, Model, model_id, owner, "model"))
