@@ -25,6 +25,19 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def make_stages(block: type[nn.Module], widths: tuple[int, ...] | list[int], n: int) -> list[nn.Sequential]:
+    """Three stages of n blocks with widths[1:] channels from widths[0]; each stage after the first
+    halves the resolution in its first block (the CIFAR ResNet / WRN layout)."""
+    stages, in_planes = [], widths[0]
+    for i, planes in enumerate(widths[1:]):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
+            in_planes = planes
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -54,17 +67,9 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        in_planes = widths[0]
-        stages = []
-        for i, planes in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layer1, self.layer2, self.layer3 = make_stages(BasicBlock, widths, n)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -111,15 +116,8 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        stages = []
-        in_planes = widths[0]
-        for i, planes in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                blocks.append(WideBlock(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.block1, self.block2, self.block3 = stages
+        self.block1, self.block2, self.block3 = make_stages(WideBlock, widths, n)
+        in_planes = widths[-1]
         self.bn = nn.BatchNorm2d(in_planes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
