@@ -17,6 +17,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 
 COPY pyproject.toml README.md ./
 COPY kdcore ./kdcore
+COPY kdservice ./kdservice
 COPY api ./api
 COPY worker ./worker
 COPY kdcli ./kdcli

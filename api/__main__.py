@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from api.config import get_settings
+from kdservice.settings import get_settings
 
 if __name__ == "__main__":
     settings = get_settings()

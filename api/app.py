@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import Settings, get_settings
-from api.db import make_engine, make_sessionmaker, upgrade_database
 from api.metrics import JobCollector
 from api.problems import install_problem_handlers, problem_response
 from api.routes import datasets, events, health, jobs, models
 from api.uploads import UploadTooLarge
+from kdservice.db import make_engine, make_sessionmaker, upgrade_database
+from kdservice.settings import Settings, get_settings
 
 UPLOAD_PATHS = ("/v1/datasets", "/v1/models")
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the file
@@ -67,9 +66,8 @@ class UploadSizeLimit:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    root = Path(settings.artifact_dir)
-    for folder in ("jobs", "datasets", "models", "tmp"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
+    for folder in (settings.jobs_dir, settings.datasets_dir, settings.models_dir, settings.tmp_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager

@@ -9,10 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.config import Settings
-from api.db import ApiKey
 from api.problems import ProblemError
-from api.security import find_api_key
+from kdservice.security import find_api_key
+from kdservice.settings import Settings
+from kdservice.tables import ApiKey
 
 T = TypeVar("T")
 

@@ -9,7 +9,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import JOB_STATES, TERMINAL_STATES, Job
+from kdservice.states import JOB_STATES, TERMINAL_STATES
+from kdservice.tables import Job
 
 DURATION_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.db import Dataset, Job, JobTransition, Model
-
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+from kdservice.states import JobState
+from kdservice.tables import Dataset, Job, JobTransition, Model
 
 
 class Progress(BaseModel):

@@ -6,9 +6,9 @@ import argparse
 
 
 def cmd_create_key(args: argparse.Namespace) -> int:
-    from api.config import get_settings
-    from api.db import make_engine, make_sessionmaker, upgrade_database
-    from api.security import create_api_key
+    from kdservice.db import make_engine, make_sessionmaker, upgrade_database
+    from kdservice.security import create_api_key
+    from kdservice.settings import get_settings
 
     database_url = args.database_url or get_settings().database_url
     upgrade_database(database_url)

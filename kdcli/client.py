@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
+from kdservice.states import TERMINAL_STATES
+
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 MODEL_LABELS = {"teacher": "teacher", "student_baseline": "baseline", "student_kd": "distilled"}
 
 
@@ -274,7 +275,7 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from worker.summary import summarize_results  # pure Python: no database or Celery import
+    from kdservice.summaries import summarize_results  # pure Python: no database or Celery import
 
     results = _request("GET", f"/v1/jobs/{args.job_id}/results")
     if args.json:

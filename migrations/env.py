@@ -7,7 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import text
 
-from api.db import Base, make_engine
+from kdservice.db import make_engine
+from kdservice.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -18,7 +19,7 @@ def _database_url() -> str:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from api.config import get_settings
+    from kdservice.settings import get_settings
 
     return get_settings().database_url
 

@@ -19,9 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from api.config import Settings, get_settings  # noqa: E402
-from api.db import make_engine, make_sessionmaker, upgrade_database  # noqa: E402
-from api.security import create_api_key, find_api_key  # noqa: E402
+from kdservice.db import make_engine, make_sessionmaker, upgrade_database  # noqa: E402
+from kdservice.security import create_api_key, find_api_key  # noqa: E402
+from kdservice.settings import Settings, get_settings  # noqa: E402
 
 GRACE_SECONDS = 20  # a worker hands its running job back at the next cancel poll (seconds)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from api.config import get_settings
-from api.db import upgrade_database
-from worker.celery_app import QUEUE, celery_app
+from kdservice.db import upgrade_database
+from kdservice.queue import QUEUE
+from kdservice.settings import get_settings
+from worker.celery_app import celery_app
 from worker.sweeper import Sweeper
 
 

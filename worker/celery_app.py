@@ -1,96 +1,11 @@
-"""The Celery app, built from api.config Settings. No torch import: the API imports this to enqueue.
+"""The worker's Celery app: the service's queue configuration (kdservice.queue) plus this package's task.
 
-One app per (broker_url, artifact_dir), so tests and the API pick up the current settings; the
-module-level `celery_app` is what `celery -A worker.celery_app worker` and `python -m worker` run.
+`celery -A worker.celery_app worker` and `python -m worker` run `celery_app`.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from kdservice.queue import make_celery_app
+from kdservice.settings import get_settings
 
-from celery import Celery
-from kombu import Queue
-
-from api.config import Settings, get_settings
-
-QUEUE = "kd"
-TASK_NAME = "kd.run_job"
-# Redis redelivers an unacknowledged task after this long. Training runs can outlast any value, so
-# this is only kept generous to avoid pointless redeliveries; the job row's lease (worker/tasks.py)
-# is what stops a second concurrent run. See docs/OPERATIONS.md.
-REDIS_VISIBILITY_TIMEOUT_S = 12 * 3600
-
-_apps: dict[tuple[str, str], Celery] = {}
-_apps_lock = threading.Lock()
-
-
-def broker_folders(settings: Settings) -> dict[str, Path]:
-    """Folders of the server-less "filesystem://" broker (kombu needs all three to exist)."""
-    root = Path(settings.artifact_dir) / "broker"
-    return {"queue": root / "queue", "processed": root / "processed", "control": root / "control"}
-
-
-def _transport_options(settings: Settings) -> dict:
-    if settings.broker_url.startswith("filesystem://"):
-        folders = broker_folders(settings)
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        # in == out: producers (API) and consumers (workers) on this machine share one folder.
-        return {
-            "data_folder_in": str(folders["queue"]),
-            "data_folder_out": str(folders["queue"]),
-            "processed_folder": str(folders["processed"]),
-            "control_folder": str(folders["control"]),
-        }
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
-    return {}
-
-
-def make_celery_app(settings: Settings) -> Celery:
-    app = Celery("kd", broker=settings.broker_url, include=["worker.tasks"])
-    app.conf.update(
-        broker_transport_options=_transport_options(settings),
-        broker_connection_retry_on_startup=True,
-        task_ignore_result=True,  # results live in the database, not in a result backend
-        task_default_queue=QUEUE,
-        task_queues=[Queue(QUEUE, routing_key=QUEUE)],
-        task_routes={TASK_NAME: {"queue": QUEUE}},
-        task_serializer="json",
-        accept_content=["json"],
-        # A job is acknowledged only after it finished; a dead worker's task goes back to the queue.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        # A broker blip must not kill an hours-long training run: the job row's lease protects it.
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_concurrency=1,
-        # A fresh child per job: torch/CUDA state (and GPU memory) is released when the job ends.
-        worker_max_tasks_per_child=1,
-        worker_hijack_root_logger=False,
-    )
-    return app
-
-
-def get_celery_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    key = (settings.broker_url, str(settings.artifact_dir))
-    with _apps_lock:
-        if key not in _apps:
-            _apps[key] = make_celery_app(settings)
-        return _apps[key]
-
-
-def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Queue one run of a job. Safe to call twice: the worker's claim decides who runs it."""
-    get_celery_app(settings).send_task(TASK_NAME, args=[job_id], queue=QUEUE, routing_key=QUEUE)
-
-
-def waiting_messages(settings: Settings | None = None) -> int:
-    """Messages waiting in the kd queue; those a worker has taken (and not yet acknowledged) do not count."""
-    with get_celery_app(settings).connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=QUEUE, durable=True, auto_delete=False).message_count
-
-
-celery_app = get_celery_app()
+celery_app = make_celery_app(get_settings(), include=("worker.tasks",))

@@ -14,9 +14,10 @@ import os
 import threading
 from datetime import datetime, timedelta
 
-from api.config import Settings, get_settings
-from worker.celery_app import enqueue_job, waiting_messages
-from worker.jobstore import JobStore, utcnow
+from kdservice.jobstore import JobStore
+from kdservice.queue import enqueue_job, waiting_messages
+from kdservice.settings import Settings, get_settings
+from kdservice.tables import utcnow
 
 log = logging.getLogger("kd.sweeper")
 

@@ -23,16 +23,15 @@ import billiard.process
 from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 
-from api.config import Settings, get_settings
+from kdcore.artifacts import ARTIFACT_NAMES
 from kdcore.callbacks import Callbacks, Progress
-from worker.celery_app import TASK_NAME, enqueue_job
-from worker.jobstore import JobStore
-from worker.summary import summarize_results
+from kdservice.jobstore import JobStore
+from kdservice.queue import TASK_NAME, enqueue_job
+from kdservice.settings import Settings, get_settings
+from kdservice.summaries import summarize_results
 
 log = logging.getLogger("kd.worker")
 
-ARTIFACT_NAMES = ("student.safetensors", "student.onnx", "student.ts", "teacher.safetensors",
-                  "baseline.safetensors", "results.json")
 PROGRESS_INTERVAL_S = 1.0
 CANCEL_CACHE_S = 1.0
 # Set by SIGTERM in a pool child: stop training at the next cancel poll and hand the job back.
@@ -166,16 +165,15 @@ def _run_claimed(store: JobStore, claim, settings: Settings, callbacks: JobCallb
     job_id, worker_id = claim.job_id, claim.worker_id
     from kdcore.errors import Cancelled, KDError  # light; kdcore.run imports torch lazily
 
-    root = Path(settings.artifact_dir)
-    out_dir = root / "jobs" / job_id
+    out_dir = settings.job_dir(job_id)
     store.add_log(job_id, f"attempt {claim.attempts} on worker {worker_id}")
     try:
         import kdcore
         from kdcore.spec import JobSpec
 
         spec = JobSpec.model_validate(claim.spec)
-        results = kdcore.run(spec, out_dir, callbacks, cache_dir=root / "cache",
-                             uploads_dir=root / "datasets", weights_dir=root / "models")
+        results = kdcore.run(spec, out_dir, callbacks, cache_dir=settings.cache_dir,
+                             uploads_dir=settings.datasets_dir, weights_dir=settings.models_dir)
     except Cancelled:
         if callbacks.lease.lost.is_set():
             log.warning("job %s: stopped after losing its claim; the new owner continues it", job_id)

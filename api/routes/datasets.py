@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.db import Dataset, new_id
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem
 from api.schemas import DatasetInfo, DatasetList
 from api.uploads import save_upload, store_dataset
+from kdservice.tables import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for r in (401, 404, 413, 422)}
@@ -36,11 +35,10 @@ def upload_dataset(
     name: Annotated[str | None, Form(max_length=200, examples=["flowers"],
                                      description="default: the file name")] = None,
 ) -> JSONResponse:
-    root = Path(settings.artifact_dir)
-    work_dir = root / "tmp"
+    work_dir = settings.tmp_dir
     archive, size, _ = save_upload(file, work_dir, settings.upload_max_bytes)
     dataset_id = new_id()
-    final_dir = root / "datasets" / dataset_id
+    final_dir = settings.datasets_dir / dataset_id
     try:
         summary = store_dataset(archive, work_dir, final_dir, max_files=settings.upload_max_files,
                                 max_bytes=4 * settings.upload_max_bytes)

@@ -18,9 +18,10 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import TERMINAL_STATES, Job, JobLog
 from api.deps import OwnerDep, SessionDep
 from api.routes.jobs import ERRORS, get_owned_job
+from kdservice.states import TERMINAL_STATES
+from kdservice.tables import Job, JobLog
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 LOG_BATCH = 500

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from api.deps import SettingsDep
 from api.problems import Problem, ProblemError
+from kdservice.queue import check_broker
 
 router = APIRouter(tags=["health"])
 
@@ -15,13 +16,6 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", summary="Liveness: the process answers")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
-
-
-def _check_broker(settings) -> None:
-    from worker.celery_app import get_celery_app
-
-    with get_celery_app(settings).connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=3)
 
 
 @router.get("/readyz", summary="Readiness: database and broker reachable",
@@ -36,7 +30,7 @@ def readyz(request: Request, settings: SettingsDep) -> dict[str, object]:
     except Exception as exc:
         errors.append({"field": "database", "message": f"{type(exc).__name__}: {exc}"[:300]})
     try:
-        _check_broker(settings)
+        check_broker(settings)
         checks["broker"] = "ok"
     except Exception as exc:
         errors.append({"field": "broker", "message": f"{type(exc).__name__}: {exc}"[:300]})

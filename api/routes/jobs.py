@@ -8,47 +8,26 @@ import json
 import logging
 import shutil
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.db import (
-    TERMINAL_STATES,
-    ApiKey,
-    Artifact,
-    Dataset,
-    Job,
-    JobMetric,
-    JobTransition,
-    Model,
-    new_id,
-    transition,
-    utcnow,
-)
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
 from api.problems import Problem, ProblemError
-from api.schemas import (
-    ArtifactInfo,
-    ArtifactList,
-    JobDetail,
-    JobMetrics,
-    JobPage,
-    JobState,
-    JobSummary,
-    PhaseSeries,
-)
+from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
+from kdcore.artifacts import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
 from kdcore.spec import JobSpec
+from kdservice import jobstore
+from kdservice.queue import enqueue_job
+from kdservice.states import JobState
+from kdservice.tables import ApiKey, Artifact, Dataset, Job, JobMetric, JobTransition, Model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ARTIFACT_NAMES = ("student.safetensors", "student.onnx", "student.ts", "teacher.safetensors",
-                  "baseline.safetensors", "results.json")
-ARTIFACT_MEDIA_TYPES = {"results.json": "application/json"}
 ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for r in (401, 404, 409, 422)}
 
 
@@ -114,13 +93,8 @@ def create_job(
     if idempotency_key is not None and (replay := _replay(session, owner, idempotency_key, spec_json)):
         return replay
     _check_references(session, owner, spec)
-    now = utcnow()
-    job = Job(id=new_id(), owner_id=owner.id, name=spec.name, spec=spec_json, state="queued",
-              idempotency_key=idempotency_key, created_at=now, queued_at=now, enqueued_at=now, updated_at=now)
-    session.add(job)
-    transition(session, job, "queued", detail="submitted")
     try:
-        session.commit()
+        job = jobstore.submit_job(session, owner.id, spec.name, spec_json, idempotency_key)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert: answer as its replay.
         session.rollback()
@@ -129,14 +103,10 @@ def create_job(
             raise
         return replay
     try:
-        from worker.celery_app import enqueue_job
-
         enqueue_job(job.id, settings)
     except Exception as exc:
         log.exception("enqueue of job %s failed", job.id)
-        # Not queued anywhere: remove it so that a retry (same Idempotency-Key) creates it afresh.
-        session.execute(delete(Job).where(Job.id == job.id))
-        session.commit()
+        jobstore.forget_job(session, job.id)  # not queued anywhere: a retry with the same key starts afresh
         raise ProblemError(503, f"the job queue is unavailable ({type(exc).__name__}); retry later",
                            kind="broker-unavailable") from exc
     return _created(job_detail(session, job), 201)
@@ -191,20 +161,7 @@ def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
              responses=ERRORS)
 def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
     job = get_owned_job(session, owner, job_id)
-    now = utcnow()
-    # Conditional updates: the worker may claim or finish the job between our read and write.
-    for current, target, detail in (("queued", "cancelled", "cancelled before it started"),
-                                    ("running", "cancelling", "cancel requested")):
-        values = {"state": target, "cancel_requested": True, "updated_at": now}
-        if target == "cancelled":
-            values["finished_at"] = now
-        result = session.execute(update(Job).where(Job.id == job.id, Job.state == current).values(**values)
-                                 .execution_options(synchronize_session=False))
-        if result.rowcount == 1:
-            session.add(JobTransition(job_id=job.id, state=target, at=now, detail=detail))
-            break
-    session.commit()
-    session.refresh(job)
+    jobstore.request_cancel(session, job)
     if job.state in ("succeeded", "failed"):
         raise ProblemError(409, f"job {job_id} already {job.state}; nothing to cancel", field="job_id",
                            kind="job-finished")
@@ -215,15 +172,11 @@ def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
                responses=ERRORS)
 def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
     job = get_owned_job(session, owner, job_id)
-    result = session.execute(delete(Job).where(Job.id == job.id, Job.state.in_(TERMINAL_STATES))
-                             .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        session.rollback()
+    if not jobstore.delete_finished(session, job):
         raise ProblemError(409, f"job {job_id} is {job.state}; only finished jobs (succeeded, failed, "
                            "cancelled) can be deleted: cancel it first", field="job_id",
                            kind="job-not-finished")
-    session.commit()
-    shutil.rmtree(Path(settings.artifact_dir) / "jobs" / job.id, ignore_errors=True)
+    shutil.rmtree(settings.job_dir(job.id), ignore_errors=True)
     return Response(status_code=204)
 
 
@@ -246,7 +199,7 @@ def job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetrics
             responses={200: {"content": {"application/json": {}}}, **ERRORS})
 def job_results(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
     job = get_owned_job(session, owner, job_id)
-    path = Path(settings.artifact_dir) / "jobs" / job.id / "results.json"
+    path = settings.job_dir(job.id) / RESULTS
     if job.state != "succeeded" or not path.is_file():
         raise ProblemError(404, f"job {job_id} has no results (state {job.state}); results exist once it "
                            "succeeded", field="job_id", kind="no-results")
@@ -282,7 +235,7 @@ def download_artifact(
                            field="name", kind="not-found")
     row = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
     # The path is rebuilt from the id and a known name, never taken from the database or the request.
-    path = Path(settings.artifact_dir) / "jobs" / job.id / name
+    path = settings.job_dir(job.id) / name
     if row is None or not path.is_file():
         raise ProblemError(404, f"job {job_id} has no artifact {name} (state {job.state})", field="name",
                            kind="not-found")
@@ -290,5 +243,5 @@ def download_artifact(
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     return FileResponse(path, filename=name, headers={"ETag": etag},
-                        media_type=ARTIFACT_MEDIA_TYPES.get(name, "application/octet-stream"))
+                        media_type=MEDIA_TYPES.get(name, "application/octet-stream"))
 

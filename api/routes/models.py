@@ -10,12 +10,12 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.db import Model, new_id
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ModelInfo, ModelList
 from api.uploads import save_upload
 from kdcore.spec import MODEL_ARCHS
+from kdservice.tables import Model, new_id
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for r in (401, 404, 413, 422)}
@@ -69,10 +69,9 @@ def upload_model(
     in_channels: Annotated[int, Form(ge=1, le=16, examples=[3])] = 3,
     name: Annotated[str | None, Form(max_length=200, description="default: the file name")] = None,
 ) -> JSONResponse:
-    root = Path(settings.artifact_dir)
-    path, size, sha256 = save_upload(file, root / "tmp", settings.upload_max_bytes)
+    path, size, sha256 = save_upload(file, settings.tmp_dir, settings.upload_max_bytes)
     model_id = new_id()
-    final = root / "models" / f"{model_id}.safetensors"
+    final = settings.models_dir / f"{model_id}.safetensors"
     try:
         wanted = expected_shapes(arch, num_classes, in_channels)
         problems = compare_shapes(read_safetensors_shapes(path), wanted)

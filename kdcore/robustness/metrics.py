@@ -1,4 +1,4 @@
-"""Robustness metrics, exactly as DESIGN.md "What a finished job reports" defines them.
+"""Robustness metrics, as results.json reports them (their formulas are in FORMULAS below).
 
 Conventions (also written into results.json through FORMULAS):
 - accuracies are fractions in 0..1; errors are E = 1 - accuracy;

@@ -1,4 +1,8 @@
-"""Service settings: KD_ environment variables (pydantic-settings). The `kd` client reads its own."""
+"""Service settings: KD_ environment variables (pydantic-settings), and the folders derived from them.
+
+The `kd` client reads its own two variables (KD_API_URL, KD_API_KEY); kdcore reads KD_CACHE_DIR and
+KD_TORCH_THREADS (kdcore/settings.py) when it runs outside the service.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,38 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.artifact_dir / 'kd.db'}"
         return self
+
+
+    # Every folder under artifact_dir is named here and nowhere else.
+    def job_dir(self, job_id: str) -> Path:
+        return self.artifact_dir / "jobs" / job_id
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.artifact_dir / "jobs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.artifact_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.artifact_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """kdcore's cache shared by every job: decoded data sets, corrupted test sets, trained teachers."""
+        return self.artifact_dir / "cache"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Uploads being received and archives being extracted."""
+        return self.artifact_dir / "tmp"
+
+    @property
+    def broker_dir(self) -> Path:
+        """The filesystem broker's folders."""
+        return self.artifact_dir / "broker"
 
 
 @lru_cache

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from skimage.util import random_noise
 from kdcore.robustness import CORRUPTIONS, corrupt
 from kdcore.robustness.corruptions_rng import RngContext
 from kdcore.spec import CORRUPTIONS as NAMES
+from tests.paths import CIFAR_TARBALL
 
-CIFAR_TARBALL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 SEVERITIES = (1, 2, 3, 4, 5)
 TOL = 1 / 255
 

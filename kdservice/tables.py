@@ -1,24 +1,19 @@
-"""Database: SQLAlchemy 2 models, engine factory, migrations and the job-transition helper.
+"""The database tables (SQLAlchemy 2 models). Only Alembic (migrations/) creates or changes them.
 
-The job row is the source of truth for a job's state (see DESIGN "Reliability model"). The API and
-the worker (worker/jobstore.py) both change it; every state change also writes a job_transitions row.
+The job row is the source of truth for a job's state; kdservice.jobstore makes every change to it, and
+every state change also writes a job_transitions row.
 """
 
 from __future__ import annotations
 
-import fcntl
-import threading
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
-    Engine,
     Float,
     ForeignKey,
     Index,
@@ -27,17 +22,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    create_engine,
-    event,
     false,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-# migrations/ sits beside api/ in the checkout (and in the container image, which copies the tree).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
-JOB_STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -182,79 +169,3 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL: readers (API, SSE) never block the writer (worker); busy_timeout: writers wait, not fail.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def make_engine(database_url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def _migration_lock(database_url: str):
-    # The API and a worker may start together: on SQLite a lock file next to the database serialises
-    # their migrations (PostgreSQL takes an advisory lock in migrations/env.py instead).
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        yield
-        return
-    lock_path = Path(url.database).with_suffix(".migrate.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_upgrade_lock = threading.Lock()
-
-
-def upgrade_database(database_url: str) -> None:
-    """`alembic upgrade head` on database_url (programmatic; used by the API, the worker and make up)."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # ConfigParser interpolation: a literal % in a password must be doubled.
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    config.attributes["configure_logger"] = False
-    with _upgrade_lock, _migration_lock(database_url):
-        command.upgrade(config, "head")
-
-
-def transition(session: Session, job: Job, state: str, phase: str | None = None,
-               detail: str | None = None) -> JobTransition:
-    """Set job.state (and phase) and record the change; the caller commits."""
-    if state not in JOB_STATES:
-        raise ValueError(f"unknown job state {state!r}")
-    now = utcnow()
-    job.state = state
-    if phase is not None:
-        job.phase = phase
-    job.updated_at = now
-    if state in TERMINAL_STATES and job.finished_at is None:
-        job.finished_at = now
-    row = JobTransition(job_id=job.id, state=state, phase=phase, at=now, detail=detail)
-    session.add(row)
-    return row

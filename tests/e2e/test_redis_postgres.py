@@ -7,7 +7,8 @@ import os
 import uuid
 
 import pytest
-from worker_helpers import Service, tiny_spec
+
+from tests.helpers import Service, tiny_spec
 
 REDIS_URL = os.environ.get("KD_TEST_REDIS_URL")
 POSTGRES_URL = os.environ.get("KD_TEST_POSTGRES_URL")

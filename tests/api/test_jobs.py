@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import service_fixtures
-from service_fixtures import TINY_SPEC, ApiServer, assert_problem
 
-from worker.jobstore import JobStore
+from kdservice.jobstore import JobStore
+from tests import helpers
+from tests.helpers import TINY_SPEC, ApiServer, assert_problem
 
-api_server = service_fixtures.api_server
+api_server = helpers.api_server
 
 
 @pytest.fixture(scope="module")

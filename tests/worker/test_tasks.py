@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 from kombu import Connection
 from sqlalchemy import select
-from worker_helpers import insert_job, service_settings, wait_until
 
-from api.db import Job, JobLog
 from kdcore.callbacks import Progress
+from kdservice.jobstore import JobStore
+from kdservice.queue import QUEUE, producer, waiting_messages
+from kdservice.tables import Job, JobLog, utcnow
+from tests.helpers import insert_job, service_settings, wait_until
 from worker import tasks
-from worker.celery_app import QUEUE, get_celery_app, waiting_messages
-from worker.jobstore import JobStore, utcnow
 from worker.sweeper import requeue_expired, resend_lost
 
 
@@ -37,7 +37,7 @@ def _job(store: JobStore, job_id: str) -> Job:
 
 def _queued_messages(settings) -> list[dict]:
     """Drain the kd queue of the filesystem broker; returns the task headers' args."""
-    app = get_celery_app(settings)
+    app = producer(settings)
     bodies = []
     with Connection(app.conf.broker_url, transport_options=app.conf.broker_transport_options) as conn:
         with conn.SimpleQueue(QUEUE) as queue:
@@ -102,7 +102,7 @@ def test_sweeper_leaves_alone_queued_jobs_whose_messages_wait(settings, store):
 @pytest.mark.skipif(not os.environ.get("KD_TEST_REDIS_URL"), reason="KD_TEST_REDIS_URL unset (see .ci/run)")
 def test_sweeper_counts_the_messages_waiting_in_redis(tmp_path, monkeypatch):
     settings = service_settings(tmp_path, monkeypatch, broker_url=os.environ["KD_TEST_REDIS_URL"])
-    get_celery_app(settings).control.purge()
+    producer(settings).control.purge()
     long_ago = utcnow() - timedelta(seconds=settings.resend_after_seconds + 60)
     lost = insert_job(settings, queued_at=long_ago - timedelta(seconds=10))
     waiting = insert_job(settings, queued_at=long_ago)

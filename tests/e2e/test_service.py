@@ -11,11 +11,12 @@ import time
 
 import pytest
 from sqlalchemy import func, select
-from worker_helpers import Service, service_env, tiny_spec, wait_until
 
-from api.db import JobMetric, JobTransition, make_engine, make_sessionmaker
 from kdcli.main import main as kd
-from worker.celery_app import enqueue_job
+from kdservice.db import make_engine, make_sessionmaker
+from kdservice.queue import enqueue_job
+from kdservice.tables import JobMetric, JobTransition
+from tests.helpers import Service, service_env, tiny_spec, wait_until
 
 JOB_TIMEOUT_S = 300  # two cores shared with other test runs: generous, jobs take seconds when idle
 
@@ -25,7 +26,7 @@ def service(tmp_path, monkeypatch):
     env = service_env(tmp_path)
     for key, value in env.items():  # the test process enqueues too (second-delivery test)
         monkeypatch.setenv(key, value)
-    from api.config import get_settings
+    from kdservice.settings import get_settings
 
     get_settings.cache_clear()
     svc = Service(tmp_path, env)

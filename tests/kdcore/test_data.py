@@ -19,8 +19,7 @@ from kdcore.data import load_dataset
 from kdcore.data.splits import stratified_split
 from kdcore.errors import DataError
 from kdcore.spec import DatasetSpec
-
-CIFAR_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+from tests.paths import CIFAR_TARBALL
 
 
 def _load(tmp_path: Path, seed: int = 0, uploads_dir: Path | None = None, **spec):

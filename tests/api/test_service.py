@@ -9,16 +9,17 @@ import textwrap
 import uuid
 
 import pytest
-import service_fixtures
 from prometheus_client.parser import text_string_to_metric_families
-from service_fixtures import TINY_SPEC, ApiServer, assert_problem, module_settings, repo_root, serve
 from sqlalchemy import inspect, text
 
-from api.config import Settings
-from api.db import make_engine, upgrade_database
-from worker.jobstore import JobStore
+from kdservice.db import make_engine, upgrade_database
+from kdservice.jobstore import JobStore
+from kdservice.settings import Settings
+from tests import helpers
+from tests.helpers import TINY_SPEC, ApiServer, assert_problem, module_settings, serve
+from tests.paths import REPO
 
-api_server = service_fixtures.api_server
+api_server = helpers.api_server
 TABLES = {"api_keys", "jobs", "job_transitions", "job_metrics", "job_logs", "artifacts", "datasets", "models"}
 
 
@@ -96,9 +97,9 @@ def test_request_path_never_imports_torch(tmp_path):
         import sys
         from fastapi.testclient import TestClient
         from api.app import create_app
-        from api.config import Settings
-        from api.db import make_engine, make_sessionmaker
-        from api.security import create_api_key
+        from kdservice.settings import Settings
+        from kdservice.db import make_engine, make_sessionmaker
+        from kdservice.security import create_api_key
 
         settings = Settings(artifact_dir={str(tmp_path)!r})
         with TestClient(create_app(settings)) as client:
@@ -114,7 +115,7 @@ def test_request_path_never_imports_torch(tmp_path):
         print("torch" in sys.modules, job.status_code)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=repo_root())
+                            cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "201"]
 
@@ -123,7 +124,7 @@ def test_admin_create_key_prints_a_working_key(tmp_path):
     env = {**os.environ, "KD_ARTIFACT_DIR": str(tmp_path)}
     env.pop("KD_DATABASE_URL", None)
     result = subprocess.run([sys.executable, "-m", "kdcli.main", "admin", "create-key", "carol"], env=env,
-                            capture_output=True, text=True, timeout=120, cwd=repo_root())
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     key = result.stdout.strip()
     assert key.startswith("kd_") and len(key) > 30

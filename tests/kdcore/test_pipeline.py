@@ -20,8 +20,7 @@ from kdcore.export import load_model
 from kdcore.models import build_model
 from kdcore.pipeline import run
 from kdcore.spec import JobSpec
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
 
 TINY = {
     "name": "tiny",

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import ApiKey
+from kdservice.tables import ApiKey
 
 KEY_PREFIX = "kd_"
 

@@ -1,42 +1,89 @@
-"""The worker side of the job state machine: every change a worker makes to a job row.
+"""Every change to a job row: submit, cancel and delete (the API), claim, lease, progress, finish and
+requeue (the worker and its sweeper). Every state change writes its job_transitions row here.
 
 The job row, not the broker, decides who runs a job. A worker owns a job while it holds the claim:
-state running (or cancelling), worker_id = its id and lease_expires_at in the future. Every write
+state running (or cancelling), worker_id = its id and lease_expires_at in the future. Every worker write
 below is a conditional UPDATE on that claim, so a worker whose lease expired (and whose job another
 worker took over) can no longer change the row. Each function is one short transaction.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from api import db
-from api.db import Artifact, Job, JobLog, JobMetric, JobTransition, utcnow
+from kdservice.db import sessions
+from kdservice.states import OWNED_STATES, TERMINAL_STATES
+from kdservice.tables import Artifact, Job, JobLog, JobMetric, JobTransition, new_id, utcnow
 
-OWNED_STATES = ("running", "cancelling")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 METRIC_COLUMNS = ("train_loss", "val_acc", "lr")
 
-_engines: dict[tuple[int, str], sessionmaker[Session]] = {}
-_engines_lock = threading.Lock()
+
+def add_transition(session: Session, job_id: str, state: str, detail: str | None = None,
+                   phase: str | None = None, at: datetime | None = None) -> None:
+    """The job_transitions row of a state change; the caller's transaction commits it."""
+    session.execute(insert(JobTransition).values(job_id=job_id, state=state, phase=phase,
+                                                 at=at or utcnow(), detail=detail))
 
 
-def sessions(database_url: str) -> sessionmaker[Session]:
-    """A session factory per (process, url): a forked worker child never reuses its parent's connections."""
-    key = (os.getpid(), database_url)
-    with _engines_lock:
-        if key not in _engines:
-            _engines[key] = db.make_sessionmaker(db.make_engine(database_url))
-        return _engines[key]
+# --- the API's changes: each takes the request's session and commits
 
+def submit_job(session: Session, owner_id: str, name: str, spec: dict[str, Any],
+               idempotency_key: str | None) -> Job:
+    """Insert a queued job (raises IntegrityError when a concurrent request took the Idempotency-Key)."""
+    now = utcnow()
+    job = Job(id=new_id(), owner_id=owner_id, name=name, spec=spec, state="queued", cancel_requested=False,
+              attempts=0, idempotency_key=idempotency_key, created_at=now, queued_at=now, enqueued_at=now,
+              updated_at=now)
+    session.add(job)
+    session.flush()
+    add_transition(session, job.id, "queued", detail="submitted", at=now)
+    session.commit()
+    return job
+
+
+def forget_job(session: Session, job_id: str) -> None:
+    """Remove a job whose message could not be sent, so that a retry with its Idempotency-Key starts afresh."""
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.commit()
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """queued -> cancelled at once; running -> cancelling (its worker stops within seconds); else nothing.
+    Conditional updates: the worker may claim or finish the job between our read and write."""
+    now = utcnow()
+    for current, target, detail in (("queued", "cancelled", "cancelled before it started"),
+                                    ("running", "cancelling", "cancel requested")):
+        values: dict[str, Any] = {"state": target, "cancel_requested": True, "updated_at": now}
+        if target == "cancelled":
+            values["finished_at"] = now
+        result = session.execute(update(Job).where(Job.id == job.id, Job.state == current).values(**values)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount == 1:
+            add_transition(session, job.id, target, detail=detail, at=now)
+            break
+    session.commit()
+    session.refresh(job)
+
+
+def delete_finished(session: Session, job: Job) -> bool:
+    """Delete the row of a finished job (cascades to its transitions, metrics, logs, artifacts).
+    False when the job is not in a terminal state."""
+    result = session.execute(delete(Job).where(Job.id == job.id, Job.state.in_(TERMINAL_STATES))
+                             .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+# --- the worker's changes: each is its own short transaction, conditional on the claim
 
 @dataclass
 class Claim:
@@ -45,12 +92,6 @@ class Claim:
     attempts: int
     spec: dict[str, Any]
     resumed: bool  # a previous attempt ran (its checkpoints may be there)
-
-
-def _add_transition(session: Session, job_id: str, state: str, detail: str | None = None,
-                    phase: str | None = None, at: datetime | None = None) -> None:
-    session.execute(insert(JobTransition).values(job_id=job_id, state=state, phase=phase,
-                                                 at=at or utcnow(), detail=detail))
 
 
 class JobStore:
@@ -78,7 +119,7 @@ class JobStore:
                 return None
             spec, attempts = session.execute(select(Job.spec, Job.attempts).where(Job.id == job_id)).one()
             detail = f"worker {worker_id}, attempt {attempts}"
-            _add_transition(session, job_id, "running", detail=detail, at=now)
+            add_transition(session, job_id, "running", detail=detail, at=now)
         return Claim(job_id, worker_id, attempts, spec, resumed=attempts > 1)
 
     def renew_lease(self, job_id: str, worker_id: str) -> bool:
@@ -124,7 +165,8 @@ class JobStore:
                error_message: str | None = None, results_summary: dict | None = None,
                artifacts: Iterable[dict[str, Any]] = ()) -> bool:
         """running/cancelling -> a terminal state, with its artifacts rows. False: the claim was lost."""
-        assert state in TERMINAL_STATES
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"not a terminal state: {state!r}")
         now = utcnow()
         with self.sessions.begin() as session:
             result = session.execute(
@@ -136,7 +178,7 @@ class JobStore:
             if result.rowcount != 1:
                 return False
             detail = f"{error_code}: {error_message}" if error_code else None
-            _add_transition(session, job_id, state, detail=detail, at=now)
+            add_transition(session, job_id, state, detail=detail, at=now)
             rows = [dict(a, job_id=job_id) for a in artifacts]
             if rows:
                 session.execute(delete(Artifact).where(Artifact.job_id == job_id))
@@ -155,7 +197,7 @@ class JobStore:
             )
             if result.rowcount != 1:
                 return False
-            _add_transition(session, job_id, "queued", detail=reason, at=now)
+            add_transition(session, job_id, "queued", detail=reason, at=now)
         return True
 
     def requeue_expired(self, now: datetime | None = None) -> list[str]:
@@ -191,7 +233,7 @@ class JobStore:
                 )
                 if result.rowcount != 1:
                     continue
-                _add_transition(session, job_id, target["state"], detail=target.get("error_message", reason),
+                add_transition(session, job_id, target["state"], detail=target.get("error_message", reason),
                                 at=now)
             if target["state"] == "queued":
                 requeued.append(job_id)

@@ -1,22 +1,39 @@
-"""Helpers of the worker and end-to-end tests: settings on a temp var dir, job rows, real processes."""
+"""Helpers and fixtures shared by the service tests: settings on a temp folder, job rows, a real uvicorn
+server in a thread (`api_server`, per module), real `uvicorn` + `python -m worker` processes (`Service`),
+and small archives of images. Import what a test module needs: `from tests.helpers import api_server`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from api.app import create_app
+from kdservice.db import make_engine, make_sessionmaker, sessions, upgrade_database
+from kdservice.security import create_api_key
+from kdservice.settings import Settings
+from kdservice.states import TERMINAL_STATES
+from tests.paths import REPO
 
 # Seconds of training, not minutes: a subset of digits (8x8 images), resnet8 everywhere, one corruption cell.
 TINY_SPEC: dict[str, Any] = {
@@ -55,8 +72,7 @@ def service_env(var_dir: Path, **overrides: Any) -> dict[str, str]:
 
 def service_settings(tmp_path: Path, monkeypatch, **overrides: Any):
     """Point Settings at tmp_path (env + cache clear), migrate the database, return the Settings."""
-    from api.config import get_settings
-    from api.db import upgrade_database
+    from kdservice.settings import get_settings
 
     for key, value in service_env(tmp_path, **overrides).items():
         monkeypatch.setenv(key, value)
@@ -68,8 +84,7 @@ def service_settings(tmp_path: Path, monkeypatch, **overrides: Any):
 
 def insert_job(settings, spec: dict[str, Any] | None = None, **fields: Any) -> str:
     """A queued job row (with its owner's api key row), as the API would create it."""
-    from api.db import ApiKey, Job, JobTransition
-    from worker.jobstore import sessions, utcnow
+    from kdservice.tables import ApiKey, Job, JobTransition, utcnow
 
     now = utcnow()
     job_id = uuid.uuid4().hex
@@ -130,9 +145,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 # --- a running service: uvicorn + `python -m worker` processes on a temp var dir
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
 class Service:
     def __init__(self, var_dir: Path, env: dict[str, str]):
         self.var_dir, self.env = var_dir, env
@@ -144,10 +156,6 @@ class Service:
         self.http: httpx.Client | None = None
 
     def start_api(self) -> None:
-        from api.config import Settings
-        from api.db import make_engine, make_sessionmaker, upgrade_database
-        from api.security import create_api_key
-
         settings = Settings(**{k[3:].lower(): v for k, v in self.env.items() if k.startswith("KD_")})
         upgrade_database(settings.database_url)
         with make_sessionmaker(make_engine(settings.database_url)).begin() as session:
@@ -190,7 +198,7 @@ class Service:
     def wait_terminal(self, job_id: str, timeout: float) -> dict[str, Any]:
         def done() -> dict | None:
             job = self.job(job_id)
-            return job if job["state"] in TERMINAL else None
+            return job if job["state"] in TERMINAL_STATES else None
 
         try:
             return wait_until(done, timeout, 0.5, f"job {job_id} to finish")
@@ -209,3 +217,106 @@ class Service:
 
 def running_states(job: dict[str, Any]) -> list[str]:
     return [t["state"] for t in job["transitions"]]
+
+
+# --- the API in a thread (no worker): one server per test module
+
+@dataclass
+class ApiServer:
+    base_url: str
+    settings: Settings
+
+    def new_key(self, name: str = "tester") -> str:
+        """A new API key (owner) straight in the database, as `kd admin create-key` makes it."""
+        engine = make_engine(self.settings.database_url)
+        try:
+            with make_sessionmaker(engine).begin() as session:
+                return create_api_key(session, name)[1]
+        finally:
+            engine.dispose()
+
+    def client(self, key: str | None = None, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0, **kwargs)
+
+
+def serve(settings: Settings, app: FastAPI | None = None) -> Iterator[ApiServer]:
+    """Run create_app(settings) under uvicorn in a thread (lifespan: migrations) until the generator ends."""
+    port = free_port()
+    config = uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    try:
+        yield ApiServer(f"http://127.0.0.1:{port}", settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def module_settings(tmp_path_factory: pytest.TempPathFactory, **overrides) -> Settings:
+    root = tmp_path_factory.mktemp("kdservice")
+    values = {"database_url": f"sqlite:///{root / 'kd.db'}", "broker_url": "filesystem://",
+              "events_poll_seconds": 0.05, **overrides}
+    return Settings(artifact_dir=root, **values)
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from serve(module_settings(tmp_path_factory))
+
+
+def png_bytes(colour: tuple[int, int, int], size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_folder_files(classes: dict[str, int], prefix: str = "") -> dict[str, bytes]:
+    """{archive path: PNG bytes}: `count` small images per class, each class its own colour."""
+    files = {}
+    for c, (name, count) in enumerate(classes.items()):
+        for i in range(count):
+            files[f"{prefix}{name}/{i}.png"] = png_bytes(((60 * c) % 256, (17 * i) % 256, 200))
+    return files
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def targz_bytes(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict:
+    """The response is an RFC 9457 problem with this status (and names this field)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+

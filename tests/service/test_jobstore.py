@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from worker_helpers import insert_job, service_settings
 
-from api.db import Job, JobTransition
-from worker.jobstore import JobStore, utcnow
+from kdservice.jobstore import JobStore
+from kdservice.tables import Job, JobTransition, utcnow
+from tests.helpers import insert_job, service_settings
 
 
 @pytest.fixture()
@@ -145,7 +145,7 @@ def test_cancelled_or_missing_jobs_are_not_claimed(settings, store):
 
 
 def test_metrics_and_logs_are_stored(settings, store):
-    from api.db import JobLog, JobMetric
+    from kdservice.tables import JobLog, JobMetric
 
     job_id = insert_job(settings)
     store.claim(job_id, "w1")

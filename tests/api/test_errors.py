@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-import service_fixtures
-from service_fixtures import TINY_SPEC, ApiServer, assert_problem
 
-api_server = service_fixtures.api_server
+from tests import helpers
+from tests.helpers import TINY_SPEC, ApiServer, assert_problem
+
+api_server = helpers.api_server
 
 
 def spec_with(path: str, value) -> dict:

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from service_fixtures import (
+
+from tests.helpers import (
     TINY_SPEC,
     ApiServer,
     assert_problem,
