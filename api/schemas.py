@@ -64,8 +64,10 @@ class JobDetail(JobSummary):
     spec: dict[str, Any]
     transitions: list[Transition]
     results_summary: dict[str, Any] | None = Field(
-        None, description="per model (teacher, student_kd, student_baseline): clean_acc, corruption_acc, "
-        "params, size_bytes, latency_ms; the full results are at /v1/jobs/{id}/results"
+        None, description="per model (teacher, student_baseline, student_kd): clean_acc, corruption_acc, mce, "
+        "robustness_retention and ece as {mean, ci_half_width, n} over the job's seeds (ci_half_width null when "
+        "n=1), and params, macs, flops, size_bytes, latency_ms; kd_vs_baseline: the paired clean_acc and "
+        "corruption_acc differences with p_value; seeds: how many. The full results are at /v1/jobs/{id}/results"
     )
     links: dict[str, str]
 

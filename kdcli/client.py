@@ -19,7 +19,6 @@ import httpx
 from kdservice.states import TERMINAL_STATES
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-MODEL_LABELS = {"teacher": "teacher", "student_baseline": "baseline", "student_kd": "distilled"}
 
 
 class ClientError(Exception):
@@ -256,14 +255,17 @@ def _fmt(value: Any, kind: str) -> str:
     return f"{value:.2f} ms"
 
 
-def results_table(summary: dict[str, dict[str, Any]]) -> str:
-    """The teacher / baseline / distilled table `kd results` prints."""
+def results_table(summary: dict[str, Any]) -> str:
+    """The teacher / baseline / distilled table `kd results` prints (mean ± 95% CI half-width over seeds),
+    then the paired KD-minus-baseline differences."""
+    from kdservice.summaries import MODEL_LABELS, format_spread
+
     header = ("model", "clean acc", "corrupted acc", "params", "size", "latency")
     rows = [header]
     for key, label in MODEL_LABELS.items():
         block = summary.get(key)
         if block:
-            rows.append((label, _fmt(block.get("clean_acc"), "acc"), _fmt(block.get("corruption_acc"), "acc"),
+            rows.append((label, format_spread(block.get("clean_acc")), format_spread(block.get("corruption_acc")),
                          _fmt(block.get("params"), "params"), _fmt(block.get("size_bytes"), "size"),
                          _fmt(block.get("latency_ms"), "ms")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -271,6 +273,12 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    deltas = summary.get("kd_vs_baseline") or {}
+    if deltas:
+        lines.append("")
+        lines.append("distilled - baseline (same seed):  clean "
+                     f"{format_spread(deltas.get('clean_acc'), signed=True)},  corrupted "
+                     f"{format_spread(deltas.get('corruption_acc'), signed=True)}")
     return "\n".join(lines)
 
 

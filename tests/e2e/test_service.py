@@ -75,8 +75,9 @@ def test_cli_submit_wait_download_and_load(service, tmp_path, monkeypatch, capsy
 
     assert kd(["results", job_id]) == 0
     table = capsys.readouterr().out
-    for label in ("teacher", "baseline", "distilled", "clean acc", "corrupted acc"):
+    for label in ("teacher", "baseline", "distilled", "clean acc", "corrupted acc", "n=1"):
         assert label in table
+    assert "distilled - baseline (same seed)" in table
 
     metrics = service.http.get(f"/v1/jobs/{job_id}/metrics").json()["phases"]
     assert len(metrics["distilling"]["epoch"]) == 2  # one row per epoch, written by on_epoch_end
