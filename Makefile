@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not integration and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import JobCollector
+from api.offline_docs import install_offline_docs
 from api.problems import install_problem_handlers, problem_response
 from api.routes import datasets, events, health, jobs, models
 from api.uploads import UploadTooLarge
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(title="kd-service", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # install_offline_docs serves them
+    install_offline_docs(app)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the Redis and PostgreSQL servers the integration tests use (called by .ci/run); also
-# installs g++, which torch.compile needs to build CPU kernels.
+# installs g++, which torch.compile needs to build CPU kernels, and Chromium, which the browser tests
+# (tests/browser, Playwright) drive.
 # Installs them with apt only when missing; safe to run again (every step checks first).
 # Afterwards: redis://127.0.0.1:6379/0 and postgresql+psycopg://kd:kd@127.0.0.1:5432/kd
 set -euo pipefail
@@ -17,6 +18,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)  # torch.compile's CPU kernels (train.compile test)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # tests/browser; Playwright brings its driver
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "ci-services: installing ${missing[*]}"
     as_root apt-get update -qq
