@@ -9,11 +9,14 @@ requests are blocked: a CDN reference cannot pass). Mark browser test modules wi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
-import service_fixtures
-from browser_harness import (
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests import helpers
+from tests.browser.browser_harness import (
     CHROMIUM_ARGS,
     DESKTOP,
     SCREENSHOT_DIR,
@@ -22,10 +25,9 @@ from browser_harness import (
     origin,
     written_screenshots,
 )
-from playwright.sync_api import Browser, Page, sync_playwright
-from service_fixtures import ApiServer
+from tests.helpers import ApiServer
 
-api_server = service_fixtures.api_server
+api_server = helpers.api_server
 PAGE_TIMEOUT_MS = 20_000  # generous: the test machines' 2 cores are shared
 
 
@@ -42,6 +44,8 @@ def browser() -> Iterator[Browser]:
     # asyncio.run() in the (non-browser) tests that follow.
     executable = chromium_path()
     if executable is None:
+        if os.environ.get("KD_REQUIRE_BROWSER"):  # .ci/run sets it: CI must never skip the browser tests
+            pytest.fail("chromium not found but KD_REQUIRE_BROWSER is set (scripts/ci-services.sh installs it)")
         pytest.skip("chromium not found: `apt-get install chromium` (scripts/ci-services.sh does), "
                     "or set KD_CHROMIUM to a Chromium binary")
     with sync_playwright() as playwright:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from browser_harness import PHONE, PageWatch, screenshot
 from playwright.sync_api import Page, expect
-from service_fixtures import ApiServer
+
+from tests.browser.browser_harness import PHONE, PageWatch, screenshot
+from tests.helpers import ApiServer
 
 pytestmark = pytest.mark.browser
 

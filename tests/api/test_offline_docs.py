@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 
-import service_fixtures
-from service_fixtures import ApiServer
+from tests import helpers
+from tests.helpers import ApiServer
 
-api_server = service_fixtures.api_server
+api_server = helpers.api_server
 LINKED = re.compile(r'(?:src|href)="([^"]+)"|(?:_url|url)\s*:\s*[\'"]([^\'"]+)[\'"]')
 
 
