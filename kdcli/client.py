@@ -243,22 +243,10 @@ def cmd_upload_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "acc":
-        return f"{100 * value:.2f}%" if value <= 1.0 else f"{value:.2f}%"
-    if kind == "params":
-        return f"{value / 1e6:.3f} M"
-    if kind == "size":
-        return f"{value / 1024:.1f} KiB" if value < 1024**2 else f"{value / 1024**2:.2f} MiB"
-    return f"{value:.2f} ms"
-
-
 def results_table(summary: dict[str, Any]) -> str:
     """The teacher / baseline / distilled table `kd results` prints (mean ± 95% CI half-width over seeds),
     then the paired KD-minus-baseline differences."""
-    from kdservice.summaries import MODEL_LABELS, format_spread
+    from kdservice.summaries import MODEL_LABELS, format_quantity, format_spread
 
     header = ("model", "clean acc", "corrupted acc", "params", "size", "latency")
     rows = [header]
@@ -266,8 +254,9 @@ def results_table(summary: dict[str, Any]) -> str:
         block = summary.get(key)
         if block:
             rows.append((label, format_spread(block.get("clean_acc")), format_spread(block.get("corruption_acc")),
-                         _fmt(block.get("params"), "params"), _fmt(block.get("size_bytes"), "size"),
-                         _fmt(block.get("latency_ms"), "ms")))
+                         format_quantity(block.get("params"), "params"),
+                         format_quantity(block.get("size_bytes"), "size"),
+                         format_quantity(block.get("latency_ms"), "ms")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))

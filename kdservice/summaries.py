@@ -71,3 +71,16 @@ def format_spread(spread: dict[str, Any] | None, percent: bool = True, signed: b
     if spread.get("ci_half_width") is not None:
         return f"{text} ± {spread['ci_half_width'] * scale:.2f} ({extra})"
     return f"{text} ({extra})"
+
+
+def format_quantity(value: Any, kind: str) -> str:
+    """A size-type figure as tables print it: kind "acc" (0..1 -> %), "params", "size" (bytes) or "ms"."""
+    if value is None:
+        return "-"
+    if kind == "acc":
+        return f"{100 * value:.2f}%" if value <= 1.0 else f"{value:.2f}%"
+    if kind == "params":
+        return f"{value / 1e6:.3f} M"
+    if kind == "size":
+        return f"{value / 1024:.1f} KiB" if value < 1024**2 else f"{value / 1024**2:.2f} MiB"
+    return f"{value:.2f} ms"
