@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import ConsoleMessage, Error, Page, Request, Response, Route, ViewportSize
+from playwright.sync_api import ConsoleMessage, Error, Frame, Page, Request, Response, Route, ViewportSize
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = REPO / "test-artifacts" / "screenshots"
@@ -39,8 +39,9 @@ def origin(url: str) -> str:
 
 @dataclass
 class PageWatch:
-    """Everything that went wrong in a page: console errors, uncaught exceptions, failed requests,
-    responses >= 400 the test did not expect, and requests to any host but the test server (blocked)."""
+    """Everything that went wrong in a page: console errors, uncaught exceptions, failed requests (not
+    those aborted because the page navigated away), responses >= 400 the test did not expect, and
+    requests to any host but the test server (blocked)."""
 
     allowed_origin: str
     problems: list[str] = field(default_factory=list)
@@ -48,6 +49,12 @@ class PageWatch:
     csp_blocked: list[str] = field(default_factory=list)
     blocked: set[str] = field(default_factory=set)
     page: Page | None = None
+    # Main-frame navigations begun or committed so far, and the count when each request started: a
+    # request the browser aborts because the page navigated away (a live event stream, a fetch) is the
+    # page leaving, not a failure. Judged in check(), once every event has arrived.
+    navigations: int = 0
+    started_at_navigation: dict[Request, int] = field(default_factory=dict)
+    aborted: list[Request] = field(default_factory=list)
 
     def expect_status(self, url_part: str, status: int) -> None:
         """A `status` answer from a URL containing `url_part` is part of the test, not a problem."""
@@ -63,6 +70,8 @@ class PageWatch:
         page.route("**/*", self._route)
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.problems.append(f"uncaught exception: {error}"))
+        page.on("request", self._request)
+        page.on("framenavigated", self._navigated)
         page.on("requestfailed", self._request_failed)
         page.on("response", self._response)
 
@@ -73,6 +82,9 @@ class PageWatch:
                 self.page.evaluate("0")  # a round trip: Playwright delivers pending events meanwhile
             except Error:
                 pass
+        self.problems += [f"request failed: {r.method} {r.url}: {r.failure}" for r in self.aborted
+                          if self.started_at_navigation.get(r, self.navigations) >= self.navigations]
+        self.aborted.clear()
         if self.problems:
             raise AssertionError(self.report())
 
@@ -101,9 +113,20 @@ class PageWatch:
             return  # reported as blocked, or expected
         self.problems.append(f"console error: {message.text} (at {url or 'page'})")
 
+    def _request(self, request: Request) -> None:
+        if request.is_navigation_request() and self.page is not None and request.frame == self.page.main_frame:
+            self.navigations += 1
+        self.started_at_navigation[request] = self.navigations
+
+    def _navigated(self, frame: Frame) -> None:
+        if self.page is not None and frame == self.page.main_frame:
+            self.navigations += 1
+
     def _request_failed(self, request: Request) -> None:
         csp_block = request.failure == "csp" and any(part in request.url for part in self.csp_blocked)
-        if request.url not in self.blocked and not csp_block:
+        if request.failure == "net::ERR_ABORTED" and request.url not in self.blocked:
+            self.aborted.append(request)
+        elif request.url not in self.blocked and not csp_block:
             self.problems.append(f"request failed: {request.method} {request.url}: {request.failure}")
 
     def _response(self, response: Response) -> None:
