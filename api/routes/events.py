@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -44,7 +44,10 @@ def _event(name: str, data: Any, event_id: int) -> str:
     return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def job_events(request: Request, job_id: str, after_log: int) -> AsyncIterator[str]:
+async def job_events(request: Request, job_id: str, after_log: int,
+                     frame: Callable[[str, Any, int], str] = _event) -> AsyncIterator[str]:
+    """The stream's text: `frame(name, data, last log id)` writes each event (the pages' jobs list tags
+    every event with its job and leaves out log lines); comment lines are heartbeats."""
     settings = request.app.state.settings
     sessions = request.app.state.sessions
     last_state: tuple | None = None
@@ -67,7 +70,7 @@ async def job_events(request: Request, job_id: str, after_log: int) -> AsyncIter
             after_log = entry["id"]
             chunks.append(("log", entry))
         for name, data in chunks:
-            yield _event(name, data, after_log)
+            yield frame(name, data, after_log)
         now = time.monotonic()
         if chunks:
             last_sent = now
