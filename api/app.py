@@ -14,11 +14,12 @@ from api.metrics import JobCollector
 from api.offline_docs import install_offline_docs
 from api.problems import install_problem_handlers, problem_response
 from api.routes import datasets, events, health, jobs, models
+from api.ui import UI_UPLOAD_PATHS, install_ui
 from api.uploads import UploadTooLarge
 from kdservice.db import make_engine, make_sessionmaker, upgrade_database
 from kdservice.settings import Settings, get_settings
 
-UPLOAD_PATHS = ("/v1/datasets", "/v1/models")
+UPLOAD_PATHS = ("/v1/datasets", "/v1/models", *UI_UPLOAD_PATHS)
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the file
 TAGS = [
     {"name": "jobs", "description": "Distillation jobs: submit, watch, cancel, fetch results and artifacts."},
@@ -89,4 +90,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadSizeLimit, limit=settings.upload_max_bytes)
     for router in (jobs.router, events.router, datasets.router, models.router, health.router):
         app.include_router(router)
+    install_ui(app)  # the pages under /ui
     return app
