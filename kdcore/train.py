@@ -165,6 +165,7 @@ def train(
         seed=recipe.seed, channels_last=True, augmix_jsd=recipe.augmix_jsd,
     )
     steps = len(loader)
+    callbacks.on_log(f"{phase}: {distiller.describe()}")
     params = list(student.parameters()) + list(distiller.extra_parameters())
     optimizer = make_optimizer(params, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, steps))
