@@ -79,7 +79,15 @@ class TrainRecipe(_Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = Field(
+        False, description="sgd: Nesterov momentum; default plain momentum, as the KD benchmark recipe "
+        "(mdistiller, RepDistiller) trains",
+    )
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    decay_norm_and_bias: bool = Field(
+        True, description="apply weight_decay to normalisation and bias parameters too (the KD benchmark "
+        "recipe decays every parameter); false exempts every 1-D parameter",
+    )
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[int] | None = Field(
         None, description="multistep epochs; default 5/8, 3/4 and 7/8 of epochs (150/180/210 of 240)"
@@ -97,6 +105,13 @@ class TrainRecipe(_Strict):
         False, description="torch.compile the teacher (frozen) and the student; pays off for long runs: "
         "compiling takes tens of seconds"
     )
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_sgd_momentum(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and (info.data.get("optimizer") != "sgd" or not info.data.get("momentum")):
+            raise ValueError("train.nesterov needs optimizer 'sgd' and a momentum above 0")
+        return v
 
     @model_validator(mode="after")
     def _fits_epochs(self) -> TrainRecipe:

@@ -79,6 +79,7 @@ def test_defaults_follow_design() -> None:
     assert (spec.train.epochs, spec.train.batch_size, spec.train.lr) == (240, 128, 0.05)
     assert spec.distill.method == "kd"
     assert spec.distill.settings(spec.train.epochs) == {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
+    assert (spec.train.nesterov, spec.train.decay_norm_and_bias) == (False, True)
     assert spec.evaluate.severities == [1, 2, 3, 4, 5]
     assert spec.export == ["safetensors", "onnx", "torchscript"]
 
