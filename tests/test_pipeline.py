@@ -111,7 +111,7 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
     results = json.loads((out / "results.json").read_text())
     for name in ("teacher", "student_kd", "student_baseline"):
         block = results[name]
-        for key in ("clean_acc", "ece", "nll", "params", "size_bytes", "flops", "latency_ms", "best_epoch",
+        for key in ("clean_acc", "ece", "nll", "params", "size_bytes", "flops", "macs", "latency_ms", "best_epoch",
                     "last_epoch_acc", "corruption_acc", "mce", "per_corruption", "per_severity",
                     "robustness_retention"):
             assert block[key] is not None, (name, key)
@@ -202,3 +202,4 @@ def test_a_later_job_reuses_the_teacher_trained_on_the_same_data_and_recipe(tmp_
     logs = LogLines()
     fourth = run(JobSpec.model_validate(TINY), tmp_path / "again", logs, cache_dir=cache, device="cpu")
     assert not any("reused the teacher" in m for m in logs.logs) and "training_teacher" in fourth["timings"]
+
