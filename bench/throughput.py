@@ -65,7 +65,7 @@ def project_runner(data_root: Path, cache: Path, device: torch.device, recipe: T
     teacher.to(memory_format=torch.channels_last).eval()
     student.to(memory_format=torch.channels_last)
     distiller = build_distiller(DistillSpec(method="kd"), student, teacher,
-                                sample_input=torch.zeros(2, 3, 32, 32, device=device))
+                                sample_input=torch.zeros(2, 3, 32, 32, device=device), epochs=recipe.epochs)
     if recipe.compile:
         compile_models(distiller, device)
     optimizer = make_optimizer(list(student.parameters()), recipe)

@@ -178,7 +178,7 @@ def run(
             sample = data.train_x[:2]
             distiller = build_distiller(
                 method, model, None if name == "teacher" or method.method == "none" else teacher,
-                sample_input=(sample.float() / 255.0).to(dev),
+                sample_input=(sample.float() / 255.0).to(dev), epochs=recipe.epochs,
             )
             summary = train(
                 phase, distiller, data, recipe, device=dev, checkpoint=ckpt_dir / f"{phase}.pt",

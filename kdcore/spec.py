@@ -7,9 +7,10 @@ the public vocabulary and a test keeps the two in step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DATASET_SOURCES = (
     "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "upload",
@@ -78,7 +79,15 @@ class TrainRecipe(_Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = Field(
+        False, description="sgd: Nesterov momentum; default plain momentum, as the KD benchmark recipe "
+        "(mdistiller, RepDistiller) trains",
+    )
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    decay_norm_and_bias: bool = Field(
+        True, description="apply weight_decay to normalisation and bias parameters too (the KD benchmark "
+        "recipe decays every parameter); false exempts every 1-D parameter",
+    )
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[int] | None = Field(
         None, description="multistep epochs; default 5/8, 3/4 and 7/8 of epochs (150/180/210 of 240)"
@@ -96,6 +105,13 @@ class TrainRecipe(_Strict):
         False, description="torch.compile the teacher (frozen) and the student; pays off for long runs: "
         "compiling takes tens of seconds"
     )
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_sgd_momentum(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and (info.data.get("optimizer") != "sgd" or not info.data.get("momentum")):
+            raise ValueError("train.nesterov needs optimizer 'sgd' and a momentum above 0")
+        return v
 
     @model_validator(mode="after")
     def _fits_epochs(self) -> TrainRecipe:
@@ -126,18 +142,102 @@ class StudentSpec(_Strict):
     arch: ModelArch
 
 
+@dataclass(frozen=True)
+class RunShare:
+    """A default that scales with the run: round(epochs * part / whole), half up, and at least 1."""
+
+    part: int
+    whole: int
+
+    def __call__(self, epochs: int) -> int:
+        return max(1, (epochs * self.part + self.whole // 2) // self.whole)
+
+    def __str__(self) -> str:
+        return f"round(epochs * {self.part} / {self.whole}), at least 1"
+
+
+# Each method's own defaults: its paper's reference implementation (README: "Distillation methods" names
+# the repository and file of each). A DistillSpec field left unset takes its method's value here; the
+# keys of a method's entry are the fields that method uses. DKD's warm-up is the reference's 20 of 240
+# epochs, scaled to the run, so a short run still ends at the full loss weight.
+METHOD_DEFAULTS: dict[str, dict[str, float | int | RunShare]] = {
+    "none": {"ce_weight": 1.0},
+    "kd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0},
+    "dkd": {"ce_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "temperature": 4.0,
+            "warmup_epochs": RunShare(20, 240)},
+    "kd_ls": {"ce_weight": 0.1, "kd_weight": 9.0, "temperature": 2.0},
+    "fitnet": {"ce_weight": 1.0, "feature_weight": 100.0, "hint_stage": 1},
+    "at": {"ce_weight": 1.0, "feature_weight": 1000.0, "at_p": 2.0},
+}
+ALPHA_METHODS = ("kd", "kd_ls")  # where distill.alpha is the shorthand for ce_weight / kd_weight
+
+
+def _defaults(field: str) -> str:
+    """The per-method defaults of a field, for its description (from METHOD_DEFAULTS)."""
+    values = ", ".join(f"{m} {d[field]}" for m, d in METHOD_DEFAULTS.items() if field in d)
+    return f"unset: the method's default ({values})"
+
+
 class DistillSpec(_Strict):
+    """Every field but method may be left unset (null): the method's own default applies (METHOD_DEFAULTS)."""
+
     method: DistillMethod = "kd"
-    temperature: float = Field(4.0, gt=0.0, le=100.0)
-    alpha: float = Field(0.9, ge=0.0, le=1.0, description="kd/kd_ls: weight of the distillation term")
-    dkd_alpha: float = Field(1.0, ge=0.0, description="dkd: weight of target-class KD (TCKD)")
-    dkd_beta: float = Field(8.0, ge=0.0, description="dkd: weight of non-target-class KD (NCKD)")
-    warmup_epochs: int = Field(20, ge=0, description="dkd: epochs over which the KD terms ramp up")
-    hint_stage: int = Field(2, ge=0, description="fitnet: which feature stage gives the hint (0 = first)")
-    feature_weight: float = Field(
-        100.0, ge=0.0, description="fitnet (default 100) / at (use ~1000) weight of the feature loss"
+    temperature: float | None = Field(
+        None, gt=0.0, le=100.0, description=f"kd/kd_ls/dkd: softmax temperature T; {_defaults('temperature')}"
     )
-    at_p: float = Field(2.0, gt=0.0, description="at: power applied to activations")
+    ce_weight: float | None = Field(
+        None, ge=0.0, description=f"weight of the cross-entropy term; {_defaults('ce_weight')}"
+    )
+    kd_weight: float | None = Field(
+        None, ge=0.0, description=f"kd/kd_ls: weight of the T^2-scaled KL term; {_defaults('kd_weight')}"
+    )
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="kd/kd_ls shorthand: ce_weight = 1 - alpha, kd_weight = alpha; "
+        "not together with ce_weight or kd_weight",
+    )
+    dkd_alpha: float | None = Field(
+        None, ge=0.0, description=f"dkd: weight of target-class KD (TCKD); {_defaults('dkd_alpha')}"
+    )
+    dkd_beta: float | None = Field(
+        None, ge=0.0, description=f"dkd: weight of non-target-class KD (NCKD); {_defaults('dkd_beta')}"
+    )
+    warmup_epochs: int | None = Field(
+        None, ge=0, description=f"dkd: epochs over which the KD terms ramp up linearly (0: no ramp); "
+        f"{_defaults('warmup_epochs')}",
+    )
+    hint_stage: int | None = Field(
+        None, ge=0, description="fitnet: 0-based index into the network's feature stages (the stem is not a "
+        "stage; 1 is the middle stage of a CIFAR ResNet, the reference's hint layer 2, which counts the stem); "
+        f"{_defaults('hint_stage')}",
+    )
+    feature_weight: float | None = Field(
+        None, ge=0.0, description=f"fitnet/at: weight of the feature loss; {_defaults('feature_weight')}"
+    )
+    at_p: float | None = Field(
+        None, gt=0.0, description=f"at: power applied to the activations; {_defaults('at_p')}"
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_or_weights(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and (info.data.get("ce_weight") is not None or info.data.get("kd_weight") is not None):
+            raise ValueError(
+                "distill.alpha is the shorthand for ce_weight = 1 - alpha and kd_weight = alpha: give either "
+                "alpha or ce_weight/kd_weight, not both"
+            )
+        return v
+
+    def settings(self, epochs: int) -> dict[str, float | int]:
+        """The values the method trains with, by field: the user's where set, else METHOD_DEFAULTS (a
+        RunShare default resolved for a run of `epochs`). Only the method's own fields are returned."""
+        given = self.model_dump(exclude_none=True, exclude={"method", "alpha"})
+        if self.alpha is not None and self.method in ALPHA_METHODS:
+            given.update(ce_weight=1.0 - self.alpha, kd_weight=self.alpha)
+        resolved: dict[str, float | int] = {}
+        for name, default in METHOD_DEFAULTS[self.method].items():
+            value = given.get(name, default)
+            resolved[name] = value(epochs) if isinstance(value, RunShare) else value
+        return resolved
 
 
 class EvaluateSpec(_Strict):

@@ -50,6 +50,11 @@ FORMULAS: dict[str, str] = {
     "corrupted_ece": "mean over (c, s) cells of the ece of that cell",
     "corrupted_nll": "mean over all corrupted images of -log softmax(logits)[label]",
     "null": "a ratio with a zero denominator, or a mean over such a ratio, is null",
+    "flops": (
+        "forward pass at batch 1 as torch.utils.flop_counter counts it: 2 FLOPs per multiply-accumulate of "
+        "convolutions and matrix products (norms, activations, pooling not counted)"
+    ),
+    "macs": "multiply-accumulates of that forward pass = flops / 2; the figure KD papers quote as FLOPs",
 }
 
 
