@@ -247,7 +247,7 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
         robust = evaluate_robustness(
             reloaded, data.test_x, data.test_y, mean=data.mean, std=data.std, spec=spec.evaluate,
             device=dev, cache_dir=cache_dir, fingerprint=data.fingerprint,
-            clean_acc={n: results[n]["clean_acc"] for n in results},
+            clean_acc={n: results[n]["clean_acc"] for n in results}, test_index=data.test_index,
             should_cancel=callbacks.should_cancel,
             on_cell=lambda done, total=total_cells: tracker.report("evaluating", done / total, step=done,
                                                                    steps=total),
