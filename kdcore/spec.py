@@ -14,6 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DATASET_SOURCES = (
     "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "upload",
 )
+# train.flip's default per source: a horizontal flip changes what a digit means (and SVHN's house
+# numbers are digits), so it is off for them; objects, clothes and a user's own images keep it.
+FLIP_BY_SOURCE = {
+    "cifar10": True, "cifar100": True, "mnist": False, "fashion_mnist": True, "svhn": False, "digits": False,
+    "imagefolder": True, "upload": True,
+}
+
+
+def resolve_flip(flip: bool | None, source: str) -> bool:
+    """train.flip as set, or the data source's default when it is None."""
+    return FLIP_BY_SOURCE[source] if flip is None else flip
+
+
 CIFAR_ARCHS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
@@ -58,7 +71,10 @@ class DatasetSpec(_Strict):
     dataset_id: str | None = Field(None, description="id from POST /v1/datasets (source 'upload')")
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of train held out for selection")
     subset: int | None = Field(None, ge=10, description="use a seeded random subset of N training images")
-    test_subset: int | None = Field(None, ge=10, description="use the first N test images (smoke runs)")
+    test_subset: int | None = Field(
+        None, ge=10, description="evaluate on a class-balanced subset of N test images, drawn with the fixed "
+        "seed 0 (the same images for every job; smoke runs)",
+    )
     image_size: int | None = Field(
         None, ge=8, le=512, description="resize images to this square size (default: as stored)"
     )
@@ -87,6 +103,10 @@ class TrainRecipe(_Strict):
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: Literal["standard", "augmix", "none"] = "standard"
+    flip: bool | None = Field(
+        None, description="random horizontal flip in the standard and augmix augmentations; default (null): "
+        "the data set's default, off for digits, mnist and svhn, on for the others",
+    )
     augmix_jsd: bool = Field(False, description="add AugMix's Jensen-Shannon consistency loss")
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -147,7 +167,10 @@ class EvaluateSpec(_Strict):
     severities: list[Severity] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     source: Literal["generated", "official"] = "generated"
     official_root: str | None = Field(None, description="folder with CIFAR-10-C/100-C .npy files")
-    max_images: int | None = Field(None, ge=1, description="evaluate corruptions on the first N test images")
+    max_images: int | None = Field(
+        None, ge=1, description="evaluate corruptions on a class-balanced subset of N test images, drawn with "
+        "the fixed seed 0 (the same images for every job and model)",
+    )
     seed: int = Field(0, ge=0, description="seed of the generated corruptions")
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="images per inference batch; default 64 on CPU (measured twice as "
