@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DATASET_SOURCES = (
     "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "upload",
@@ -27,6 +28,8 @@ def resolve_flip(flip: bool | None, source: str) -> bool:
     return FLIP_BY_SOURCE[source] if flip is None else flip
 
 
+# The sources the official CIFAR-10-C / CIFAR-100-C arrays were made from (32x32, the CIFAR test order).
+OFFICIAL_CORRUPTION_SOURCES = ("cifar10", "cifar100")
 CIFAR_ARCHS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
@@ -237,6 +240,30 @@ class JobSpec(_Strict):
             ]
         },
     )
+
+    @model_validator(mode="after")
+    def _official_needs_cifar(self) -> JobSpec:
+        if self.evaluate.source != "official":
+            return self
+        if self.dataset.source not in OFFICIAL_CORRUPTION_SOURCES:
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' (the CIFAR-10-C/100-C arrays) needs dataset.source cifar10 or "
+                f"cifar100, not {self.dataset.source!r}; use evaluate.source 'generated' for other data",
+            )
+        if self.dataset.image_size not in (None, 32):
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' holds 32x32 images; dataset.image_size {self.dataset.image_size} "
+                "would score the model on another size than it was trained on",
+            )
+        return self
+
+
+def _field_error(loc: tuple[str, ...], value: object, message: str) -> ValidationError:
+    """An error located at `loc` from a validator of the whole spec (pydantic adds the outer path)."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("JobSpec", [details])
 
 
 def load_spec(text: str) -> JobSpec:
