@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from kdcore.cards import BUILTIN_SOURCES
 from kdcore.data.cache import cache_path, read_cache, write_cache
 from kdcore.data.folders import decode_folder, fingerprint_folder, list_folder
 from kdcore.data.splits import SUBSET_SEED, balanced_subset, random_subset, stratified_split
@@ -72,7 +73,7 @@ def _digits() -> Decoded:
     y = torch.from_numpy(bunch.target).to(torch.int64)
     # No official test split: a stratified 20% with a fixed seed, the same for every job.
     train_idx, test_idx = stratified_split(y, 0.2, DIGITS_TEST_SEED)
-    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(d) for d in range(10)]
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], list(BUILTIN_SOURCES["digits"].classes)
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
