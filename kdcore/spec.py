@@ -10,11 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DATASET_SOURCES = (
     "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "upload",
 )
+# train.flip's default per source: a horizontal flip changes what a digit means (and SVHN's house
+# numbers are digits), so it is off for them; objects, clothes and a user's own images keep it.
+FLIP_BY_SOURCE = {
+    "cifar10": True, "cifar100": True, "mnist": False, "fashion_mnist": True, "svhn": False, "digits": False,
+    "imagefolder": True, "upload": True,
+}
+
+
+def resolve_flip(flip: bool | None, source: str) -> bool:
+    """train.flip as set, or the data source's default when it is None."""
+    return FLIP_BY_SOURCE[source] if flip is None else flip
+
+
+# The sources the official CIFAR-10-C / CIFAR-100-C arrays were made from (32x32, the CIFAR test order).
+OFFICIAL_CORRUPTION_SOURCES = ("cifar10", "cifar100")
 CIFAR_ARCHS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
@@ -59,7 +75,10 @@ class DatasetSpec(_Strict):
     dataset_id: str | None = Field(None, description="id from POST /v1/datasets (source 'upload')")
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of train held out for selection")
     subset: int | None = Field(None, ge=10, description="use a seeded random subset of N training images")
-    test_subset: int | None = Field(None, ge=10, description="use the first N test images (smoke runs)")
+    test_subset: int | None = Field(
+        None, ge=10, description="evaluate on a class-balanced subset of N test images, drawn with the fixed "
+        "seed 0 (the same images for every job; smoke runs)",
+    )
     image_size: int | None = Field(
         None, ge=8, le=512, description="resize images to this square size (default: as stored)"
     )
@@ -96,6 +115,10 @@ class TrainRecipe(_Strict):
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: Literal["standard", "augmix", "none"] = "standard"
+    flip: bool | None = Field(
+        None, description="random horizontal flip in the standard and augmix augmentations; default (null): "
+        "the data set's default, off for digits, mnist and svhn, on for the others",
+    )
     augmix_jsd: bool = Field(False, description="add AugMix's Jensen-Shannon consistency loss")
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -247,7 +270,10 @@ class EvaluateSpec(_Strict):
     severities: list[Severity] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     source: Literal["generated", "official"] = "generated"
     official_root: str | None = Field(None, description="folder with CIFAR-10-C/100-C .npy files")
-    max_images: int | None = Field(None, ge=1, description="evaluate corruptions on the first N test images")
+    max_images: int | None = Field(
+        None, ge=1, description="evaluate corruptions on a class-balanced subset of N test images, drawn with "
+        "the fixed seed 0 (the same images for every job and model)",
+    )
     seed: int = Field(0, ge=0, description="seed of the generated corruptions")
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="images per inference batch; default 64 on CPU (measured twice as "
@@ -314,6 +340,30 @@ class JobSpec(_Strict):
             ]
         },
     )
+
+    @model_validator(mode="after")
+    def _official_needs_cifar(self) -> JobSpec:
+        if self.evaluate.source != "official":
+            return self
+        if self.dataset.source not in OFFICIAL_CORRUPTION_SOURCES:
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' (the CIFAR-10-C/100-C arrays) needs dataset.source cifar10 or "
+                f"cifar100, not {self.dataset.source!r}; use evaluate.source 'generated' for other data",
+            )
+        if self.dataset.image_size not in (None, 32):
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' holds 32x32 images; dataset.image_size {self.dataset.image_size} "
+                "would score the model on another size than it was trained on",
+            )
+        return self
+
+
+def _field_error(loc: tuple[str, ...], value: object, message: str) -> ValidationError:
+    """An error located at `loc` from a validator of the whole spec (pydantic adds the outer path)."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("JobSpec", [details])
 
 
 def load_spec(text: str) -> JobSpec:

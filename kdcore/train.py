@@ -25,7 +25,7 @@ from kdcore.data import BatchLoader, ImageData
 from kdcore.distill import Distiller
 from kdcore.errors import Cancelled, KDError
 from kdcore.evaluate import predict_logits
-from kdcore.spec import TrainRecipe
+from kdcore.spec import TrainRecipe, resolve_flip
 
 CANCEL_POLL_STEPS = 5  # should_cancel is cheap for callers that cache; every 5 steps keeps cancel < 1 s
 
@@ -169,8 +169,8 @@ def train(
         compile_models(distiller, device)
     loader = BatchLoader(
         data.train_x, data.train_y, batch_size=min(recipe.batch_size, len(data.train_y)), shuffle=True,
-        drop_last=True, augment=recipe.augment, mean=data.mean, std=data.std, device=device,
-        seed=recipe.seed, channels_last=True, augmix_jsd=recipe.augmix_jsd,
+        drop_last=True, augment=recipe.augment, flip=resolve_flip(recipe.flip, data.source), mean=data.mean,
+        std=data.std, device=device, seed=recipe.seed, channels_last=True, augmix_jsd=recipe.augmix_jsd,
     )
     steps = len(loader)
     callbacks.on_log(f"{phase}: {distiller.describe()}")

@@ -55,6 +55,22 @@ BAD_SPECS = [
 ]
 
 
+OFFICIAL = {"source": "official", "official_root": "/data/CIFAR-10-C"}
+
+
+@pytest.mark.parametrize("dataset", [{"source": "digits"}, {"source": "svhn"}, {"source": "imagefolder", "root": "/x"},
+                                     {"source": "cifar10", "image_size": 64}])
+def test_official_corruptions_need_cifar_data(dataset: dict) -> None:
+    """CIFAR-10-C/100-C hold 32x32 CIFAR test images in the CIFAR order: any other data would be scored
+    on images that are not its own."""
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({**GOOD, "dataset": dataset, "evaluate": OFFICIAL})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("evaluate", "source") and "evaluate.source" in error["msg"]
+    for fine in ({"source": "cifar10"}, {"source": "cifar100", "image_size": 32}):
+        JobSpec.model_validate({**GOOD, "dataset": fine, "evaluate": OFFICIAL})
+
+
 def test_example_spec_is_valid() -> None:
     spec = JobSpec.model_validate(GOOD)
     assert spec.teacher.train is not None
