@@ -45,9 +45,9 @@ _RC = {
     "font.size": 8,
     "axes.titlesize": 9,
     "axes.labelsize": 8,
-    "legend.fontsize": 7.5,
-    "xtick.labelsize": 7.5,
-    "ytick.labelsize": 7.5,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
     "text.parse_math": False,  # a "$" in a label is a dollar sign, not TeX
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -223,7 +223,7 @@ def heatmap_svg(
         for (r, c), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 # in_layout=False: a cell's text never moves the axes, and the layout skips measuring 100 texts
-                ax.text(c + 0.5, r + 0.5, cell_text(value), ha="center", va="center", fontsize=7,
+                ax.text(c + 0.5, r + 0.5, cell_text(value), ha="center", va="center", fontsize=7.5,
                         color=_cell_text_color(cmap(norm(value))), in_layout=False)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
