@@ -32,7 +32,7 @@ from torchvision import transforms
 from kdcore.data import BatchLoader, load_dataset
 from kdcore.distill import build_distiller
 from kdcore.models import build_model
-from kdcore.spec import DatasetSpec, DistillSpec, TrainRecipe
+from kdcore.spec import DatasetSpec, DistillSpec, TrainRecipe, resolve_flip
 from kdcore.train import compile_models, make_optimizer, make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,14 +65,15 @@ def project_runner(data_root: Path, cache: Path, device: torch.device, recipe: T
     teacher.to(memory_format=torch.channels_last).eval()
     student.to(memory_format=torch.channels_last)
     distiller = build_distiller(DistillSpec(method="kd"), student, teacher,
-                                sample_input=torch.zeros(2, 3, 32, 32, device=device))
+                                sample_input=torch.zeros(2, 3, 32, 32, device=device), epochs=recipe.epochs)
     if recipe.compile:
         compile_models(distiller, device)
     optimizer = make_optimizer(list(student.parameters()), recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     step = make_train_step(distiller, optimizer, scaler, recipe, device, None)
     loader = BatchLoader(data.train_x, data.train_y, batch_size=BATCH, shuffle=True, drop_last=True,
-                         augment="standard", mean=data.mean, std=data.std, device=device, seed=0,
+                         augment="standard", flip=resolve_flip(recipe.flip, data.source), mean=data.mean,
+                         std=data.std, device=device, seed=0,
                          channels_last=True)
     epoch = [0]
 

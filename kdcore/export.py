@@ -1,15 +1,13 @@
 """Export a trained model: safetensors (weights + metadata), TorchScript and ONNX.
 
 safetensors is the format the service hands out and accepts: it cannot carry code, so loading it never
-unpickles anything.
+unpickles anything. The metadata is the ModelCard (kdcore.cards, readable without torch).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,41 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.cards import ModelCard
 from kdcore.errors import WeightsError
 from kdcore.models import build_model
 
 ONNX_TOLERANCE = 1e-3  # max |logit difference| between onnxruntime and PyTorch that we accept
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a reader of the weights file needs to rebuild and feed the model."""
-
-    arch: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def to_metadata(self) -> dict[str, str]:
-        # safetensors metadata is str -> str
-        return {
-            "format": "kd-service/1", "arch": self.arch, "num_classes": str(self.num_classes),
-            "in_channels": str(self.in_channels), "image_size": str(self.image_size),
-            "classes": json.dumps(self.classes), "mean": json.dumps(list(self.mean)),
-            "std": json.dumps(list(self.std)),
-            "input": "NCHW float32: (pixel/255 - mean) / std per channel",
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> ModelCard:
-        return cls(
-            arch=meta["arch"], num_classes=int(meta["num_classes"]), in_channels=int(meta["in_channels"]),
-            image_size=int(meta["image_size"]), classes=json.loads(meta["classes"]),
-            mean=tuple(json.loads(meta["mean"])), std=tuple(json.loads(meta["std"])),
-        )
 
 
 def save_safetensors(model: nn.Module, card: ModelCard, path: Path) -> Path:

@@ -27,6 +27,7 @@ from kdcore.export import (
     load_weights_into,
     save_safetensors,
 )
+from kdcore.given_teacher import load_given_teacher, with_card_normalization
 from kdcore.models import build_model
 from kdcore.robustness import FORMULAS, compare_to_baseline, evaluate_robustness
 from kdcore.settings import default_cache_dir, library_settings
@@ -149,9 +150,9 @@ def run(
              "student_kd": spec.student.arch}
     models: dict[str, torch.nn.Module] = {}
     teacher = _new_model(spec.teacher.arch, data, seed=spec.teacher.train.seed if spec.teacher.train else 0)
-    if spec.teacher.weights is not None:
-        load_weights_into(teacher, _resolve_weights(spec.teacher.weights, weights_dir))
-        save_safetensors(teacher, _card(spec.teacher.arch, data), out_dir / WEIGHTS["teacher"])
+    if spec.teacher.weights is not None:  # checked against the data's card, wrapped if only its mean/std differ
+        teacher = load_given_teacher(teacher, _resolve_weights(spec.teacher.weights, weights_dir),
+                                     _card(spec.teacher.arch, data), out_dir / WEIGHTS["teacher"], callbacks.on_log)
         phases["teacher"] = {"source": "weights"}
     models["teacher"] = teacher
 
@@ -178,7 +179,7 @@ def run(
             sample = data.train_x[:2]
             distiller = build_distiller(
                 method, model, None if name == "teacher" or method.method == "none" else teacher,
-                sample_input=(sample.float() / 255.0).to(dev),
+                sample_input=(sample.float() / 255.0).to(dev), epochs=recipe.epochs,
             )
             summary = train(
                 phase, distiller, data, recipe, device=dev, checkpoint=ckpt_dir / f"{phase}.pt",
@@ -225,7 +226,8 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
     results: dict = {}
     reloaded = {}
     for name in models:
-        model, _ = load_model(out_dir / WEIGHTS[name])  # evaluate exactly what the user downloads
+        model, card = load_model(out_dir / WEIGHTS[name])  # evaluate exactly what the user downloads
+        model, normalization = with_card_normalization(model, card, data.mean, data.std)
         reloaded[name] = model.to(dev)
         block = model_report(
             model, data.test_x, data.test_y, mean=data.mean, std=data.std, device=dev,
@@ -239,6 +241,7 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
             "last_epoch_val_acc": summary.get("last_val_acc"), "last_epoch_acc": summary.get("last_epoch_acc"),
             "resumed_from_epoch": summary.get("resumed_from_epoch"), "history": summary.get("history", []),
             "reused_from_cache": summary.get("reused_from_cache"),  # teacher cache key, when not trained here
+            "normalization": normalization,  # the mean/std the model's inputs were normalised with
         })
         results[name] = block
     names = spec.evaluate.corruption_names()
@@ -247,7 +250,7 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
         robust = evaluate_robustness(
             reloaded, data.test_x, data.test_y, mean=data.mean, std=data.std, spec=spec.evaluate,
             device=dev, cache_dir=cache_dir, fingerprint=data.fingerprint,
-            clean_acc={n: results[n]["clean_acc"] for n in results},
+            clean_acc={n: results[n]["clean_acc"] for n in results}, test_index=data.test_index,
             should_cancel=callbacks.should_cancel,
             on_cell=lambda done, total=total_cells: tracker.report("evaluating", done / total, step=done,
                                                                    steps=total),

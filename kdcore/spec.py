@@ -7,13 +7,30 @@ the public vocabulary and a test keeps the two in step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DATASET_SOURCES = (
     "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "upload",
 )
+# train.flip's default per source: a horizontal flip changes what a digit means (and SVHN's house
+# numbers are digits), so it is off for them; objects, clothes and a user's own images keep it.
+FLIP_BY_SOURCE = {
+    "cifar10": True, "cifar100": True, "mnist": False, "fashion_mnist": True, "svhn": False, "digits": False,
+    "imagefolder": True, "upload": True,
+}
+
+
+def resolve_flip(flip: bool | None, source: str) -> bool:
+    """train.flip as set, or the data source's default when it is None."""
+    return FLIP_BY_SOURCE[source] if flip is None else flip
+
+
+# The sources the official CIFAR-10-C / CIFAR-100-C arrays were made from (32x32, the CIFAR test order).
+OFFICIAL_CORRUPTION_SOURCES = ("cifar10", "cifar100")
 CIFAR_ARCHS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
@@ -58,7 +75,10 @@ class DatasetSpec(_Strict):
     dataset_id: str | None = Field(None, description="id from POST /v1/datasets (source 'upload')")
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of train held out for selection")
     subset: int | None = Field(None, ge=10, description="use a seeded random subset of N training images")
-    test_subset: int | None = Field(None, ge=10, description="use the first N test images (smoke runs)")
+    test_subset: int | None = Field(
+        None, ge=10, description="evaluate on a class-balanced subset of N test images, drawn with the fixed "
+        "seed 0 (the same images for every job; smoke runs)",
+    )
     image_size: int | None = Field(
         None, ge=8, le=512, description="resize images to this square size (default: as stored)"
     )
@@ -78,7 +98,15 @@ class TrainRecipe(_Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = Field(
+        False, description="sgd: Nesterov momentum; default plain momentum, as the KD benchmark recipe "
+        "(mdistiller, RepDistiller) trains",
+    )
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    decay_norm_and_bias: bool = Field(
+        True, description="apply weight_decay to normalisation and bias parameters too (the KD benchmark "
+        "recipe decays every parameter); false exempts every 1-D parameter",
+    )
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[int] | None = Field(
         None, description="multistep epochs; default 5/8, 3/4 and 7/8 of epochs (150/180/210 of 240)"
@@ -87,6 +115,10 @@ class TrainRecipe(_Strict):
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: Literal["standard", "augmix", "none"] = "standard"
+    flip: bool | None = Field(
+        None, description="random horizontal flip in the standard and augmix augmentations; default (null): "
+        "the data set's default, off for digits, mnist and svhn, on for the others",
+    )
     augmix_jsd: bool = Field(False, description="add AugMix's Jensen-Shannon consistency loss")
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -96,6 +128,13 @@ class TrainRecipe(_Strict):
         False, description="torch.compile the teacher (frozen) and the student; pays off for long runs: "
         "compiling takes tens of seconds"
     )
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_sgd_momentum(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and (info.data.get("optimizer") != "sgd" or not info.data.get("momentum")):
+            raise ValueError("train.nesterov needs optimizer 'sgd' and a momentum above 0")
+        return v
 
     @model_validator(mode="after")
     def _fits_epochs(self) -> TrainRecipe:
@@ -126,18 +165,102 @@ class StudentSpec(_Strict):
     arch: ModelArch
 
 
+@dataclass(frozen=True)
+class RunShare:
+    """A default that scales with the run: round(epochs * part / whole), half up, and at least 1."""
+
+    part: int
+    whole: int
+
+    def __call__(self, epochs: int) -> int:
+        return max(1, (epochs * self.part + self.whole // 2) // self.whole)
+
+    def __str__(self) -> str:
+        return f"round(epochs * {self.part} / {self.whole}), at least 1"
+
+
+# Each method's own defaults: its paper's reference implementation (README: "Distillation methods" names
+# the repository and file of each). A DistillSpec field left unset takes its method's value here; the
+# keys of a method's entry are the fields that method uses. DKD's warm-up is the reference's 20 of 240
+# epochs, scaled to the run, so a short run still ends at the full loss weight.
+METHOD_DEFAULTS: dict[str, dict[str, float | int | RunShare]] = {
+    "none": {"ce_weight": 1.0},
+    "kd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0},
+    "dkd": {"ce_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "temperature": 4.0,
+            "warmup_epochs": RunShare(20, 240)},
+    "kd_ls": {"ce_weight": 0.1, "kd_weight": 9.0, "temperature": 2.0},
+    "fitnet": {"ce_weight": 1.0, "feature_weight": 100.0, "hint_stage": 1},
+    "at": {"ce_weight": 1.0, "feature_weight": 1000.0, "at_p": 2.0},
+}
+ALPHA_METHODS = ("kd", "kd_ls")  # where distill.alpha is the shorthand for ce_weight / kd_weight
+
+
+def _defaults(field: str) -> str:
+    """The per-method defaults of a field, for its description (from METHOD_DEFAULTS)."""
+    values = ", ".join(f"{m} {d[field]}" for m, d in METHOD_DEFAULTS.items() if field in d)
+    return f"unset: the method's default ({values})"
+
+
 class DistillSpec(_Strict):
+    """Every field but method may be left unset (null): the method's own default applies (METHOD_DEFAULTS)."""
+
     method: DistillMethod = "kd"
-    temperature: float = Field(4.0, gt=0.0, le=100.0)
-    alpha: float = Field(0.9, ge=0.0, le=1.0, description="kd/kd_ls: weight of the distillation term")
-    dkd_alpha: float = Field(1.0, ge=0.0, description="dkd: weight of target-class KD (TCKD)")
-    dkd_beta: float = Field(8.0, ge=0.0, description="dkd: weight of non-target-class KD (NCKD)")
-    warmup_epochs: int = Field(20, ge=0, description="dkd: epochs over which the KD terms ramp up")
-    hint_stage: int = Field(2, ge=0, description="fitnet: which feature stage gives the hint (0 = first)")
-    feature_weight: float = Field(
-        100.0, ge=0.0, description="fitnet (default 100) / at (use ~1000) weight of the feature loss"
+    temperature: float | None = Field(
+        None, gt=0.0, le=100.0, description=f"kd/kd_ls/dkd: softmax temperature T; {_defaults('temperature')}"
     )
-    at_p: float = Field(2.0, gt=0.0, description="at: power applied to activations")
+    ce_weight: float | None = Field(
+        None, ge=0.0, description=f"weight of the cross-entropy term; {_defaults('ce_weight')}"
+    )
+    kd_weight: float | None = Field(
+        None, ge=0.0, description=f"kd/kd_ls: weight of the T^2-scaled KL term; {_defaults('kd_weight')}"
+    )
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="kd/kd_ls shorthand: ce_weight = 1 - alpha, kd_weight = alpha; "
+        "not together with ce_weight or kd_weight",
+    )
+    dkd_alpha: float | None = Field(
+        None, ge=0.0, description=f"dkd: weight of target-class KD (TCKD); {_defaults('dkd_alpha')}"
+    )
+    dkd_beta: float | None = Field(
+        None, ge=0.0, description=f"dkd: weight of non-target-class KD (NCKD); {_defaults('dkd_beta')}"
+    )
+    warmup_epochs: int | None = Field(
+        None, ge=0, description=f"dkd: epochs over which the KD terms ramp up linearly (0: no ramp); "
+        f"{_defaults('warmup_epochs')}",
+    )
+    hint_stage: int | None = Field(
+        None, ge=0, description="fitnet: 0-based index into the network's feature stages (the stem is not a "
+        "stage; 1 is the middle stage of a CIFAR ResNet, the reference's hint layer 2, which counts the stem); "
+        f"{_defaults('hint_stage')}",
+    )
+    feature_weight: float | None = Field(
+        None, ge=0.0, description=f"fitnet/at: weight of the feature loss; {_defaults('feature_weight')}"
+    )
+    at_p: float | None = Field(
+        None, gt=0.0, description=f"at: power applied to the activations; {_defaults('at_p')}"
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_or_weights(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and (info.data.get("ce_weight") is not None or info.data.get("kd_weight") is not None):
+            raise ValueError(
+                "distill.alpha is the shorthand for ce_weight = 1 - alpha and kd_weight = alpha: give either "
+                "alpha or ce_weight/kd_weight, not both"
+            )
+        return v
+
+    def settings(self, epochs: int) -> dict[str, float | int]:
+        """The values the method trains with, by field: the user's where set, else METHOD_DEFAULTS (a
+        RunShare default resolved for a run of `epochs`). Only the method's own fields are returned."""
+        given = self.model_dump(exclude_none=True, exclude={"method", "alpha"})
+        if self.alpha is not None and self.method in ALPHA_METHODS:
+            given.update(ce_weight=1.0 - self.alpha, kd_weight=self.alpha)
+        resolved: dict[str, float | int] = {}
+        for name, default in METHOD_DEFAULTS[self.method].items():
+            value = given.get(name, default)
+            resolved[name] = value(epochs) if isinstance(value, RunShare) else value
+        return resolved
 
 
 class EvaluateSpec(_Strict):
@@ -147,7 +270,10 @@ class EvaluateSpec(_Strict):
     severities: list[Severity] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     source: Literal["generated", "official"] = "generated"
     official_root: str | None = Field(None, description="folder with CIFAR-10-C/100-C .npy files")
-    max_images: int | None = Field(None, ge=1, description="evaluate corruptions on the first N test images")
+    max_images: int | None = Field(
+        None, ge=1, description="evaluate corruptions on a class-balanced subset of N test images, drawn with "
+        "the fixed seed 0 (the same images for every job and model)",
+    )
     seed: int = Field(0, ge=0, description="seed of the generated corruptions")
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="images per inference batch; default 64 on CPU (measured twice as "
@@ -214,6 +340,30 @@ class JobSpec(_Strict):
             ]
         },
     )
+
+    @model_validator(mode="after")
+    def _official_needs_cifar(self) -> JobSpec:
+        if self.evaluate.source != "official":
+            return self
+        if self.dataset.source not in OFFICIAL_CORRUPTION_SOURCES:
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' (the CIFAR-10-C/100-C arrays) needs dataset.source cifar10 or "
+                f"cifar100, not {self.dataset.source!r}; use evaluate.source 'generated' for other data",
+            )
+        if self.dataset.image_size not in (None, 32):
+            raise _field_error(
+                ("evaluate", "source"), self.evaluate.source,
+                f"evaluate.source 'official' holds 32x32 images; dataset.image_size {self.dataset.image_size} "
+                "would score the model on another size than it was trained on",
+            )
+        return self
+
+
+def _field_error(loc: tuple[str, ...], value: object, message: str) -> ValidationError:
+    """An error located at `loc` from a validator of the whole spec (pydantic adds the outer path)."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("JobSpec", [details])
 
 
 def load_spec(text: str) -> JobSpec:

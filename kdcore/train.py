@@ -25,7 +25,7 @@ from kdcore.data import BatchLoader, ImageData
 from kdcore.distill import Distiller
 from kdcore.errors import Cancelled, KDError
 from kdcore.evaluate import predict_logits
-from kdcore.spec import TrainRecipe
+from kdcore.spec import TrainRecipe, resolve_flip
 
 CANCEL_POLL_STEPS = 5  # should_cancel is cheap for callers that cache; every 5 steps keeps cancel < 1 s
 
@@ -75,21 +75,29 @@ def lr_lambda(recipe: TrainRecipe, steps_per_epoch: int) -> Callable[[int], floa
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: TrainRecipe) -> torch.optim.Optimizer:
-    # No weight decay on biases and BN parameters (1-D tensors): the usual CIFAR recipe.
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """SGD (or AdamW) over params. By default the KD benchmark recipe (mdistiller, RepDistiller): weight
+    decay on every parameter, plain momentum; train.decay_norm_and_bias=false exempts 1-D parameters
+    (norm scales and shifts, biases), train.nesterov=true uses Nesterov momentum."""
+    if recipe.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+AUGMIX_JSD_WEIGHT = 12.0  # the AugMix reference's weight of the consistency term (cifar.py)
 
 
 def jensen_shannon(logits_clean: torch.Tensor, logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """AugMix's consistency loss (Hendrycks et al. 2020, eq. 3), with their weight of 12."""
+    """AugMix's consistency loss (Hendrycks et al. 2020, eq. 3) times AUGMIX_JSD_WEIGHT: the mean of the
+    three KL(p_view || mixture), mixture = the views' mean, clamped to [1e-7, 1] as in the reference."""
     p_clean, p_a, p_b = (F.softmax(z.float(), dim=1) for z in (logits_clean, logits_a, logits_b))
     log_mixture = torch.clamp((p_clean + p_a + p_b) / 3.0, 1e-7, 1.0).log()
     kl = sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in (p_clean, p_a, p_b))
-    return 12.0 * kl / 3.0
+    return AUGMIX_JSD_WEIGHT * kl / 3.0
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -161,10 +169,11 @@ def train(
         compile_models(distiller, device)
     loader = BatchLoader(
         data.train_x, data.train_y, batch_size=min(recipe.batch_size, len(data.train_y)), shuffle=True,
-        drop_last=True, augment=recipe.augment, mean=data.mean, std=data.std, device=device,
-        seed=recipe.seed, channels_last=True, augmix_jsd=recipe.augmix_jsd,
+        drop_last=True, augment=recipe.augment, flip=resolve_flip(recipe.flip, data.source), mean=data.mean,
+        std=data.std, device=device, seed=recipe.seed, channels_last=True, augmix_jsd=recipe.augmix_jsd,
     )
     steps = len(loader)
+    callbacks.on_log(f"{phase}: {distiller.describe()}")
     params = list(student.parameters()) + list(distiller.extra_parameters())
     optimizer = make_optimizer(params, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, steps))
@@ -240,15 +249,12 @@ def make_train_step(distiller, optimizer, scaler, recipe: TrainRecipe, device: t
     def step(images: torch.Tensor, targets: torch.Tensor, epoch: int):
         optimizer.zero_grad(set_to_none=True)
         with autocast:
+            # With augmix_jsd the loader stacks [clean, aug1, aug2] over the B labels: the distiller puts
+            # every view through the student but CE and distillation on the clean view only (the rows
+            # with targets); the Jensen-Shannon term ties the three views, as in the AugMix reference.
+            logits, parts = distiller.forward_train(images, targets, epoch, label_smoothing=recipe.label_smoothing)
             if recipe.augmix_jsd:
-                # The loader stacks [clean, aug1, aug2]; every view is distilled, then the views are tied
-                # together by AugMix's Jensen-Shannon term.
-                logits, parts = distiller.forward_train(
-                    images, targets.repeat(3), epoch, label_smoothing=recipe.label_smoothing
-                )
                 parts["jsd"] = jensen_shannon(*logits.chunk(3))
-            else:
-                _, parts = distiller.forward_train(images, targets, epoch, label_smoothing=recipe.label_smoothing)
             loss = sum(parts.values())
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -4,8 +4,9 @@ Random numbers are drawn on the CPU from the caller's torch.Generator and then m
 device, so a batch's augmentation depends only on that generator's state, on any device.
 
 standard: a random crop after zero padding of `crop_padding(size)` pixels (4 for 32 px and up; for
-smaller images max(1, size // 8), e.g. 1 px for the 8x8 digits) plus a random horizontal flip, both
-done by one gather per batch.
+smaller images max(1, size // 8), e.g. 1 px for the 8x8 digits) plus, when `flip` is on, a random
+horizontal flip, both done by one gather per batch. The caller resolves `flip` from the data set
+(kdcore.spec.resolve_flip: off for digits, where a mirror changes the class).
 
 augmix (Hendrycks et al., ICLR 2020; reference: google-research/augmix augmentations.py): per image,
 3 chains of 1-3 ops drawn from {autocontrast, equalize, posterize, rotate, solarize, shear_x, shear_y,
@@ -52,13 +53,14 @@ def crop_flip(x: torch.Tensor, offset_y: torch.Tensor, offset_x: torch.Tensor, f
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def standard_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding) + random horizontal flip of a uint8 batch (N, C, H, W)."""
+def standard_augment(x: torch.Tensor, generator: torch.Generator, *, flip: bool) -> torch.Tensor:
+    """Random crop (zero padding) + random horizontal flip (if `flip`) of a uint8 batch (N, C, H, W)."""
     b, _, h, w = x.shape
     pad = crop_padding(min(h, w))
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    return crop_flip(x, offsets[0], offsets[1], flip, pad)
+    # Drawn either way, so the generator's later draws (AugMix) do not depend on the flip setting.
+    mirror = (torch.rand(b, generator=generator) < 0.5) & flip
+    return crop_flip(x, offsets[0], offsets[1], mirror.to(x.device), pad)
 
 
 def _op(name: str) -> int:

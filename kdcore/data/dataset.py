@@ -3,9 +3,10 @@
 Decoding is cached on disk, keyed by a fingerprint of the source (see kdcore.data.cache); the cheap,
 seed-dependent steps run on every load, in this order: `subset` (seeded random N training images),
 then the validation split (stratified `val_fraction` of what is left, job seed), then `test_subset`.
-`test_subset` keeps the first N test images of the torchvision sources (their official order, which
-the official CIFAR-C arrays follow); the other sources store their test set grouped by class, so
-there it takes a stratified subset with the fixed seed 0 (the same for every job).
+`test_subset` keeps a class-balanced subset of N test images drawn with the fixed SUBSET_SEED (the
+same images for every job: image folders store their test set grouped by class, so "the first N"
+would drop whole classes). `ImageData.test_index` says where each kept test image sits in the
+source's own test split (for CIFAR, the official order that the CIFAR-10-C/100-C arrays follow).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from kdcore.cards import BUILTIN_SOURCES
 from kdcore.data.cache import cache_path, read_cache, write_cache
 from kdcore.data.folders import decode_folder, fingerprint_folder, list_folder
-from kdcore.data.splits import random_subset, stratified_split, stratified_subset
+from kdcore.data.splits import SUBSET_SEED, balanced_subset, random_subset, stratified_split
 from kdcore.data.torchvision_sources import TORCHVISION_SOURCES, load_torchvision, source_files
 from kdcore.errors import DataError
 from kdcore.spec import DatasetSpec
@@ -42,6 +44,8 @@ class ImageData:
     mean: tuple[float, ...]  # per channel, [0, 1] scale, on train_x
     std: tuple[float, ...]
     fingerprint: str  # source + every option that shapes the arrays above (seed included)
+    test_index: torch.Tensor  # int64 (N_test,): position of each test image in the source's test split
+    source: str  # dataset.source (it decides the default of train.flip)
 
     @property
     def in_channels(self) -> int:
@@ -69,7 +73,7 @@ def _digits() -> Decoded:
     y = torch.from_numpy(bunch.target).to(torch.int64)
     # No official test split: a stratified 20% with a fixed seed, the same for every job.
     train_idx, test_idx = stratified_split(y, 0.2, DIGITS_TEST_SEED)
-    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(d) for d in range(10)]
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], list(BUILTIN_SOURCES["digits"].classes)
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -167,15 +171,15 @@ def load_dataset(
     train_idx, val_idx = stratified_split(train_y, spec.val_fraction, seed)
     val_x, val_y = train_x[val_idx], train_y[val_idx]
     train_x, train_y = train_x[train_idx], train_y[train_idx]
+    test_index = torch.arange(len(test_x))
     if spec.test_subset is not None:
-        if spec.source in TORCHVISION_SOURCES:
-            keep = torch.arange(min(spec.test_subset, len(test_x)))
-        else:
-            keep = stratified_subset(test_y, spec.test_subset, seed=0)
-        test_x, test_y = test_x[keep], test_y[keep]
+        test_index = balanced_subset(test_y, spec.test_subset, SUBSET_SEED)
+        test_x, test_y = test_x[test_index], test_y[test_index]
     mean, std = channel_stats(train_x)
-    fingerprint = _hash(source_fp, spec.val_fraction, spec.subset, spec.test_subset, seed)
+    test_rule = None if spec.test_subset is None else (spec.test_subset, "balanced", SUBSET_SEED)
+    fingerprint = _hash(source_fp, spec.val_fraction, spec.subset, test_rule, seed)
     return ImageData(
         train_x.contiguous(), train_y.contiguous(), val_x.contiguous(), val_y.contiguous(),
         test_x.contiguous(), test_y.contiguous(), classes, mean, std, fingerprint,
+        test_index=test_index.to(torch.int64), source=spec.source,
     )

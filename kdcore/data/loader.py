@@ -46,7 +46,8 @@ class BatchLoader:
     """Iterate (x_float_normalised, y) batches on `device`.
 
     augment: "standard" (random crop + flip), "augmix" (crop + flip, then AugMix; see
-    kdcore.data.augment) or "none". With augmix_jsd=True each batch is
+    kdcore.data.augment) or "none"; flip: whether those mirror images at all (resolved by the caller
+    from train.flip and the data set, kdcore.spec.resolve_flip). With augmix_jsd=True each batch is
     (torch.cat([clean, augmix_1, augmix_2]), y): 3 * B images and the B labels, not repeated; "clean"
     is the cropped and flipped image, as in the AugMix reference's JSD training.
     set_epoch(e) chooses the epoch: its permutation and augmentation depend only on (seed, e), so a
@@ -62,6 +63,7 @@ class BatchLoader:
         shuffle: bool,
         drop_last: bool,
         augment: Augment,
+        flip: bool,
         mean: Sequence[float],
         std: Sequence[float],
         device: torch.device | str,
@@ -82,6 +84,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment
+        self.flip = flip
         self.augmix_jsd = augmix_jsd
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
@@ -99,9 +102,9 @@ class BatchLoader:
         if self.augment == "none":
             out = normalize(xb, self.mean, self.std)
         elif self.augment == "standard":
-            out = normalize(standard_augment(xb, generator), self.mean, self.std)
+            out = normalize(standard_augment(xb, generator, flip=self.flip), self.mean, self.std)
         else:
-            clean = standard_augment(xb, generator)
+            clean = standard_augment(xb, generator, flip=self.flip)
             mixed = normalize_unit(augmix(clean, generator), self.mean, self.std)
             if self.augmix_jsd:
                 second = normalize_unit(augmix(clean, generator), self.mean, self.std)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# The seed of every evaluation subset (dataset.test_subset, evaluate.max_images): fixed, so every job,
+# model, run and seed on the same data is scored on the very same images.
+SUBSET_SEED = 0
+
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (kept, held_out) with about `fraction` of every class held out.
@@ -44,10 +48,30 @@ def random_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(rng.choice(n, size=size, replace=False)))
 
 
-def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a seeded subset of `size` items with class shares kept (all when size >= N)."""
-    n = len(labels)
+def balanced_subset(labels: torch.Tensor, size: int, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """Sorted indices of a seeded subset of `size` items, an equal share per class as far as the
+    counts allow (all of them when size >= N).
+
+    Shares are filled like water: a class with fewer items than the equal share gives all it has and
+    the others share the rest. What an equal split leaves over (fewer items than the classes still
+    open) goes one each to classes drawn by the seeded RNG: largest remainder, where every class has
+    the same remainder. Which items of a class are kept is seeded too.
+    """
+    y = labels.cpu().numpy()
+    n = len(y)
     if size >= n:
         return torch.arange(n)
-    _, chosen = stratified_split(labels, size / n, seed)
-    return chosen
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    take = np.zeros(len(classes), dtype=np.int64)
+    left, unfilled = size, list(np.argsort(counts, kind="stable"))
+    while unfilled and counts[unfilled[0]] <= left // len(unfilled):
+        smallest = unfilled.pop(0)
+        take[smallest] = counts[smallest]
+        left -= int(counts[smallest])
+    if unfilled:  # every open class holds more than `share`, so share + 1 still fits
+        share, extra = divmod(left, len(unfilled))
+        take[unfilled] = share
+        take[rng.permutation(unfilled)[:extra]] += 1
+    chosen = [rng.permutation(np.flatnonzero(y == cls))[:k] for cls, k in zip(classes, take, strict=True)]
+    return torch.from_numpy(np.sort(np.concatenate(chosen)))

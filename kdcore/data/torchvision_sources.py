@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
+from kdcore.cards import BUILTIN_SOURCES
 from kdcore.errors import DataError
 
 TORCHVISION_SOURCES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")
@@ -77,7 +78,7 @@ def _read(source: str, root: Path, train: bool, download: bool) -> tuple[np.ndar
         ds = cls(str(root), train=train, download=download)
         return ds.data.numpy()[:, None], ds.targets.numpy(), list(ds.classes)
     ds = _SVHN(str(root), split="train" if train else "test", download=download)
-    return np.ascontiguousarray(ds.data), np.asarray(ds.labels), [str(d) for d in range(10)]
+    return np.ascontiguousarray(ds.data), np.asarray(ds.labels), list(BUILTIN_SOURCES["svhn"].classes)
 
 
 def _validate(source: str, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:

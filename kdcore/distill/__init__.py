@@ -27,12 +27,13 @@ METHODS: dict[str, type[Distiller]] = {
 
 
 def build_distiller(cfg: DistillSpec, student: nn.Module, teacher: nn.Module | None,
-                    sample_input: torch.Tensor) -> Distiller:
-    """sample_input: a small batch on the training device (sizes FitNet's regressor; others ignore it)."""
+                    sample_input: torch.Tensor, *, epochs: int) -> Distiller:
+    """sample_input: a small batch on the training device (sizes FitNet's regressor; others ignore it).
+    epochs: the run's length (defaults that scale with it, such as DKD's warm-up, are resolved here)."""
     cls = METHODS[cfg.method]
     if cls is FitNet:
-        return FitNet(cfg, student, teacher, sample_input)
-    return cls(cfg, student, teacher)
+        return FitNet(cfg, student, teacher, epochs, sample_input)
+    return cls(cfg, student, teacher, epochs)
 
 
 __all__ = ["METHODS", "Distiller", "build_distiller"]

@@ -66,9 +66,10 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def hint_mse(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
-    """FitNet (Romero et al. 2015) hint loss: mean squared error after matching spatial size.
+    """FitNet (Romero et al. 2015) hint loss: mean squared error over every element.
 
-    student_feat is the regressor's output, so its channels already equal the teacher's.
+    student_feat is the regressor's output, so its channels (and, wherever the reference's regressor
+    can, its size) already equal the teacher's; otherwise the larger map is pooled to the smaller.
     """
     s, t = match_spatial(student_feat.float(), teacher_feat.float())
     return F.mse_loss(s, t)
@@ -77,8 +78,8 @@ def hint_mse(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Te
 def attention_map(feat: torch.Tensor, p: float) -> torch.Tensor:
     """Zagoruyko & Komodakis (2017): L2-normalised mean over channels of |f|^p, flattened to (N, H*W).
 
-    |f| rather than f (mdistiller uses f.pow(p)): equal for p = 2, and defined for fractional p on the
-    pre-activation maps some networks return.
+    |f| rather than f (the reference uses f.pow(p)): equal for p = 2 and for the post-ReLU maps of the
+    CIFAR ResNets, and defined for fractional p on the pre-activation maps some networks return.
     """
     return F.normalize(feat.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
 

@@ -1,7 +1,10 @@
 """Run every model on every (corruption, severity) cell and summarise the accuracy tables.
 
 Each cell is built once (generated and cached, or read from the official arrays) and every model
-then sees exactly the same corrupted images, batch by batch.
+then sees exactly the same corrupted images, batch by batch. With evaluate.max_images the cells hold
+a class-balanced subset of the test set drawn with the fixed SUBSET_SEED (kdcore.data.splits), so every
+model, job and run on the same data is scored on the same images; the clean accuracy that retention
+and relative CE divide by is measured on those images too (`clean_acc_same_images`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.data.splits import SUBSET_SEED, balanced_subset
 from kdcore.errors import Cancelled, DataError
 from kdcore.evaluate import predict_logits
 from kdcore.robustness.metrics import (
@@ -29,15 +33,17 @@ from kdcore.spec import EvaluateSpec
 
 GENERATED_SOURCE = "CIFAR-C-like (generated)"
 # Part of every cache key: bump it when the corruption functions change their output.
-CACHE_VERSION = 1
+# 2: cells are keyed on the test-split positions of their images and seeded by them.
+CACHE_VERSION = 2
 # Images corrupted at once when evaluate.batch_size is unset (bounds memory; outputs do not depend on it).
 CORRUPT_BATCH = 500
 
 
 def _cache_path(
-    cache_dir: Path, fingerprint: str, name: str, severity: int, seed: int, n: int | None
+    cache_dir: Path, fingerprint: str, name: str, severity: int, seed: int, image_ids: torch.Tensor
 ) -> Path:
-    key = json.dumps([CACHE_VERSION, fingerprint, name, severity, seed, n])
+    ids = hashlib.sha256(image_ids.cpu().to(torch.int64).numpy().tobytes()).hexdigest()
+    key = json.dumps([CACHE_VERSION, fingerprint, name, severity, seed, ids])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(cache_dir) / "corruptions" / f"{name}-s{severity}-{digest}.safetensors"
 
@@ -64,26 +70,34 @@ def _write_atomic(path: Path, images: torch.Tensor) -> None:
             os.unlink(tmp)
 
 
+def evaluation_subset(test_y: torch.Tensor, max_images: int | None) -> torch.Tensor:
+    """Positions in the test set of the images the corruptions are evaluated on: all of them, or a
+    class-balanced subset of max_images drawn with the fixed SUBSET_SEED."""
+    if max_images is None or max_images >= len(test_y):
+        return torch.arange(len(test_y))
+    return balanced_subset(test_y, max_images, SUBSET_SEED)
+
+
 def generated_cell(
-    test_x: torch.Tensor, name: str, severity: int, *, seed: int, batch_size: int,
-    device: torch.device, cache_dir: Path, fingerprint: str, max_images: int | None,
+    images: torch.Tensor, image_ids: torch.Tensor, name: str, severity: int, *, seed: int, batch_size: int,
+    device: torch.device, cache_dir: Path, fingerprint: str,
 ) -> torch.Tensor:
-    """The corrupted first-n test images (uint8, on device), from the disk cache when present."""
+    """The corrupted images (uint8, on device), from the disk cache when present. image_ids[i] is
+    image i's position in the source's test split: it seeds the image's corruption and keys the cache."""
     from kdcore.robustness import corrupt  # at call time: kdcore.robustness imports this module
 
-    x = test_x if max_images is None else test_x[:max_images]
-    path = _cache_path(cache_dir, fingerprint, name, severity, seed, max_images)
-    cached = _read_cached(path, tuple(x.shape))
+    path = _cache_path(cache_dir, fingerprint, name, severity, seed, image_ids)
+    cached = _read_cached(path, tuple(images.shape))
     if cached is not None:
         return cached.to(device)
     parts = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size].to(device)
-        indices = torch.arange(start, start + len(batch), device=device)  # the image's test-set index
-        parts.append(corrupt(batch, name, severity, seed=seed, indices=indices))
-    images = torch.cat(parts)
-    _write_atomic(path, images.cpu())
-    return images
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        ids = image_ids[start:start + batch_size].to(device)
+        parts.append(corrupt(batch, name, severity, seed=seed, indices=ids))
+    out = torch.cat(parts)
+    _write_atomic(path, out.cpu())
+    return out
 
 
 def evaluate_robustness(
@@ -98,13 +112,16 @@ def evaluate_robustness(
     cache_dir: Path,
     fingerprint: str,
     clean_acc: dict[str, float],
+    test_index: torch.Tensor | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_cell: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict]:
     """{model_name: block} with corruption_acc, mce, per_corruption, per_severity, clean_acc,
-    robustness_retention, corrupted_ece, corrupted_nll (None when spec.calibration is off), source
-    and n_images (images per cell). test_x is uint8 (N, C, H, W); models are moved to device and
-    put in eval mode. Raises Cancelled when should_cancel() is true between cells.
+    clean_acc_same_images, robustness_retention, corrupted_ece, corrupted_nll (None when
+    spec.calibration is off), source and n_images (images per cell). test_x is uint8 (N, C, H, W);
+    test_index (default 0..N-1) is each image's position in the source's test split (ImageData.test_index):
+    it seeds the generated corruptions and picks the official arrays' images. Models are moved to device
+    and put in eval mode. Raises Cancelled when should_cancel() is true between cells.
     """
     names = spec.corruption_names()
     if not names or not models:
@@ -112,6 +129,9 @@ def evaluate_robustness(
     device = torch.device(device)
     cells = [(c, s) for c in names for s in spec.severities]
     official = spec.source == "official"
+    chosen = evaluation_subset(test_y, spec.max_images)
+    clean_x, y = test_x[chosen], test_y[chosen].cpu()
+    image_ids = (torch.arange(len(test_x)) if test_index is None else test_index.cpu())[chosen]
     num_classes = 0
     if official:
         if tuple(test_x.shape[1:]) != (3, 32, 32):
@@ -126,20 +146,18 @@ def evaluate_robustness(
     acc = {m: {c: {} for c in names} for m in models}
     ece = {m: [] for m in models}
     nll = {m: [] for m in models}
-    n_images = 0
     for done, (name, severity) in enumerate(cells):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         if official:
-            x, y = load_official(spec.official_root, name, severity, num_classes=num_classes,
-                                 max_images=spec.max_images)
+            x, official_y = load_official(spec.official_root, name, severity, num_classes=num_classes,
+                                          indices=image_ids)
+            _check_official_labels(official_y, y, spec.official_root)
             x = x.to(device)
         else:
-            x = generated_cell(test_x, name, severity, seed=spec.seed, batch_size=spec.batch_size or CORRUPT_BATCH,
-                               device=device, cache_dir=cache_dir, fingerprint=fingerprint,
-                               max_images=spec.max_images)
-            y = test_y[: len(x)].cpu()
-        n_images = len(x)
+            x = generated_cell(clean_x, image_ids, name, severity, seed=spec.seed, device=device,
+                               batch_size=spec.batch_size or CORRUPT_BATCH, cache_dir=cache_dir,
+                               fingerprint=fingerprint)
         for model_name, model in models.items():
             logits = predict_logits(model, x, mean=mean, std=std, device=device, batch_size=spec.batch_size)
             acc[model_name][name][severity] = float((logits.argmax(1) == y).float().mean())
@@ -153,9 +171,9 @@ def evaluate_robustness(
     blocks = {}
     for model_name, model in models.items():
         clean = clean_acc.get(model_name)
-        same = None if official else _clean_acc_first(model, test_x, test_y, n_images, clean, mean, std, device, spec)
-        block = {"source": source, "n_images": n_images, "clean_acc": clean, "clean_acc_same_images": same}
-        block.update(summarize_accuracies(acc[model_name], clean if same is None else same))
+        same = clean if len(chosen) == len(test_x) else _clean_acc(model, clean_x, y, mean, std, device, spec)
+        block = {"source": source, "n_images": len(chosen), "clean_acc": clean, "clean_acc_same_images": same}
+        block.update(summarize_accuracies(acc[model_name], same))
         # Every cell has n_images images, so the mean of per-cell NLLs is the per-image mean.
         block["corrupted_ece"] = sum(ece[model_name]) / len(cells) if spec.calibration else None
         block["corrupted_nll"] = sum(nll[model_name]) / len(cells) if spec.calibration else None
@@ -163,13 +181,23 @@ def evaluate_robustness(
     return blocks
 
 
-def _clean_acc_first(model, test_x, test_y, n, clean, mean, std, device, spec: EvaluateSpec) -> float | None:
-    """Clean top-1 on the first n test images, the ones the generated cells corrupt: retention and
-    relative CE must compare like with like when max_images leaves out part of the test set."""
-    if n == len(test_x):
-        return clean
-    logits = predict_logits(model, test_x[:n], mean=mean, std=std, device=device, batch_size=spec.batch_size)
-    return float((logits.argmax(1) == test_y[:n].cpu()).float().mean())
+def _clean_acc(model, x, y, mean, std, device, spec: EvaluateSpec) -> float:
+    """Clean top-1 on the images the cells were made from: retention and relative CE must compare like
+    with like when max_images leaves out part of the test set."""
+    logits = predict_logits(model, x, mean=mean, std=std, device=device, batch_size=spec.batch_size)
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def _check_official_labels(official_y: torch.Tensor, test_y: torch.Tensor, root: str | None) -> None:
+    """The official arrays follow the CIFAR test order: their labels at the chosen positions must be
+    the data set's own test labels, or every cell would score other images than the clean ones."""
+    wrong = int((official_y != test_y).sum())
+    if wrong:
+        raise DataError(
+            f"evaluate.official_root: the labels in {root}/labels.npy differ from the data set's test labels at "
+            f"{wrong} of {len(test_y)} images; the official arrays must follow this data set's test order "
+            "(CIFAR-10-C with cifar10, CIFAR-100-C with cifar100)"
+        )
 
 
 @torch.inference_mode()

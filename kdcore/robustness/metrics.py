@@ -27,16 +27,16 @@ FORMULAS: dict[str, str] = {
     "corruption_acc": "mean over all (corruption c, severity s) cells of acc(c, s)",
     "mce": "100 * (1 - corruption_acc), in percent (CIFAR convention, unnormalised)",
     "clean_acc_same_images": (
-        "top-1 on the clean versions of the images the generated corruption cells use (the first n_images "
-        "test images); null with the official arrays"
+        "top-1 on the clean versions of the n_images test images the corruption cells hold (all of them, or "
+        "the class-balanced evaluate.max_images subset, seed 0), generated or official"
     ),
-    "robustness_retention": "corruption_acc / clean_acc_same_images (clean_acc with the official arrays)",
+    "robustness_retention": "corruption_acc / clean_acc_same_images",
     "ce_vs_baseline": "CE(c) = sum_s E_kd(c, s) / sum_s E_base(c, s), with E = 1 - acc",
     "mce_vs_baseline": "mean over corruptions c of ce_vs_baseline(c)",
     "relative_mce_vs_baseline": (
         "rCE(c) = sum_s (E_kd(c, s) - E_kd_clean) / sum_s (E_base(c, s) - E_base_clean) "
         "(Hendrycks & Dietterich 2019: the clean error is subtracted once per severity); E_clean = "
-        "1 - clean_acc_same_images (clean_acc with the official arrays)"
+        "1 - clean_acc_same_images"
     ),
     "relative_mce_vs_baseline_mean": "mean over corruptions c of relative_mce_vs_baseline(c)",
     "clean_acc_delta": "clean_acc(student_kd) - clean_acc(student_baseline)",
@@ -50,6 +50,11 @@ FORMULAS: dict[str, str] = {
     "corrupted_ece": "mean over (c, s) cells of the ece of that cell",
     "corrupted_nll": "mean over all corrupted images of -log softmax(logits)[label]",
     "null": "a ratio with a zero denominator, or a mean over such a ratio, is null",
+    "flops": (
+        "forward pass at batch 1 as torch.utils.flop_counter counts it: 2 FLOPs per multiply-accumulate of "
+        "convolutions and matrix products (norms, activations, pooling not counted)"
+    ),
+    "macs": "multiply-accumulates of that forward pass = flops / 2; the figure KD papers quote as FLOPs",
 }
 
 

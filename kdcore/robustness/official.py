@@ -3,12 +3,14 @@
 Layout as published: <root>/<corruption>.npy, shape (5 * n, 32, 32, 3) uint8, severities 1..5 in
 order, n = 10,000 per severity; <root>/labels.npy, shape (5 * n,) integers. n is derived from the
 array length / 5 (the released files give 10,000); this is what lets a test use a small folder in
-the same format. Files are opened with allow_pickle=False (never unpickled) and memory-mapped, so
-a cell reads only its own slice from disk.
+the same format. Within a severity the images follow the CIFAR test split's order, so a subset of the
+test set is read at its own test-split positions (`indices`). Files are opened with allow_pickle=False
+(never unpickled) and memory-mapped, so a cell reads only its own images from disk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,8 @@ def _check_labels(path: Path, labels: np.ndarray, n_images: int, num_classes: in
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high + 1 != num_classes:
         raise DataError(
-            f"{path}: labels span {low}..{high} ({high + 1} classes) but the model's dataset has "
-            f"{num_classes} classes (CIFAR-10-C needs a 10-class, CIFAR-100-C a 100-class dataset)"
+            f"evaluate.official_root: {path}: labels span {low}..{high} ({high + 1} classes) but the data set "
+            f"has {num_classes} classes (CIFAR-10-C needs a 10-class, CIFAR-100-C a 100-class data set)"
         )
 
 
@@ -64,12 +66,13 @@ def load_official(
     severity: int,
     *,
     num_classes: int,
-    max_images: int | None = None,
+    indices: Sequence[int] | np.ndarray | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One (corruption, severity) cell: images uint8 (n, 3, 32, 32) and labels int64 (n,).
 
-    With max_images, the first max_images images of that severity. Raises DataError naming the
-    file and the expected vs found shape when the folder does not hold the published layout.
+    indices: positions in the CIFAR test split (0 .. n_per_severity - 1) to read, in the given order;
+    None reads the whole severity. Raises DataError naming the file and the expected vs found shape
+    when the folder does not hold the published layout.
     """
     if not 1 <= severity <= N_SEVERITIES:
         raise ValueError(f"severity must be 1..5, got {severity}")
@@ -79,8 +82,17 @@ def load_official(
     per_severity = _check_images(image_path, images)
     _check_labels(label_path, labels, images.shape[0], num_classes)
     start = (severity - 1) * per_severity
-    stop = start + (per_severity if max_images is None else min(max_images, per_severity))
-    x = torch.from_numpy(np.array(images[start:stop]))  # copies just this slice off the map
+    if indices is None:
+        rows: slice | np.ndarray = slice(start, start + per_severity)
+    else:
+        wanted = np.asarray(indices, dtype=np.int64)
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= per_severity):
+            raise DataError(
+                f"evaluate.official_root: {image_path} holds {per_severity} images per severity, but the test "
+                f"set reaches position {int(wanted.max())} (the arrays must follow the CIFAR test split)"
+            )
+        rows = start + wanted
+    x = torch.from_numpy(np.array(images[rows]))  # copies just these images off the map
     x = x.permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.asarray(labels[start:stop]).astype(np.int64))
+    y = torch.from_numpy(np.asarray(labels[rows]).astype(np.int64))
     return x, y

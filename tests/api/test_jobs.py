@@ -38,7 +38,8 @@ def test_create_get_and_enqueue(api_server: ApiServer, alice):
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["state"] == "queued" and job["name"] == "tiny"
-    assert job["spec"]["teacher"]["arch"] == "resnet8" and job["spec"]["distill"]["temperature"] == 4.0
+    assert job["spec"]["teacher"]["arch"] == "resnet8" and job["spec"]["distill"]["method"] == "kd"
+    assert job["spec"]["distill"]["temperature"] is None  # unset: the method's own default applies at run time
     assert [t["state"] for t in job["transitions"]] == ["queued"]
     fetched = alice.get(f"/v1/jobs/{job['id']}").json()
     assert fetched["id"] == job["id"] and fetched["created_at"] == job["created_at"]

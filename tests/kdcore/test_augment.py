@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from kdcore.data import BatchLoader, normalize
 from kdcore.data.augment import AUGMIX_OPS, _apply_ops, augmix, crop_flip, crop_padding, standard_augment
+from kdcore.spec import DATASET_SOURCES, FLIP_BY_SOURCE, TrainRecipe, resolve_flip
 
 
 def _images(n: int, c: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -57,7 +58,7 @@ def test_flip_flips_and_keeps_the_others():
 
 def test_standard_augment_yields_crops_and_flips_of_each_input():
     x = _images(16)
-    out = standard_augment(x, torch.Generator().manual_seed(1))
+    out = standard_augment(x, torch.Generator().manual_seed(1), flip=True)
     assert out.shape == x.shape and out.dtype == torch.uint8
     pad = crop_padding(8)
     for i in range(len(x)):
@@ -69,7 +70,7 @@ def test_standard_augment_yields_crops_and_flips_of_each_input():
         ]
         assert any(torch.equal(out[i], c) for c in candidates)
     assert not torch.equal(out, x)  # 16 images: some were moved or flipped
-    again = standard_augment(x, torch.Generator().manual_seed(1))
+    again = standard_augment(x, torch.Generator().manual_seed(1), flip=True)
     assert torch.equal(out, again)
 
 
@@ -134,9 +135,54 @@ def test_augmix_range_shape_determinism_and_change():
     assert (change > 1e-3).sum() >= 10  # m ~ U(0, 1) can be tiny for an image or two, not for most
 
 
+def test_flip_is_off_by_default_for_digits_only():
+    """A mirrored digit is another symbol (or none): digits, mnist and svhn do not flip unless asked."""
+    assert set(FLIP_BY_SOURCE) == set(DATASET_SOURCES) and TrainRecipe().flip is None
+    no_flip = {"digits", "mnist", "svhn"}
+    for source in DATASET_SOURCES:
+        assert resolve_flip(None, source) == (source not in no_flip), source
+        assert resolve_flip(True, source) is True and resolve_flip(False, source) is False
+
+
+def _shifts(img: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    return [_shifted(img, dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_loader_mirrors_only_when_flip_is_on(flip):
+    """128 copies of one asymmetric image over 3 epochs: every output is a crop of the image, and a
+    crop of its mirror only with flip on (where about half of them are)."""
+    img = _images(1, c=1, size=8, seed=5)[0]
+    x, y = img.expand(128, -1, -1, -1).contiguous(), torch.zeros(128, dtype=torch.long)
+    plain, mirrored = _shifts(img, crop_padding(8)), _shifts(img.flip(-1), crop_padding(8))
+    assert not any(torch.equal(a, b) for a in plain for b in mirrored)  # the test image is asymmetric
+    loader = _loader(x, y, batch_size=32, flip=flip, mean=(0.0,), std=(1.0 / 255,))
+    counts = {"plain": 0, "mirrored": 0}
+    for epoch in range(3):
+        for xb, _ in _epoch(loader, epoch):
+            for out in xb.round().to(torch.uint8):
+                is_plain = any(torch.equal(out, c) for c in plain)
+                assert is_plain or any(torch.equal(out, c) for c in mirrored)
+                counts["plain" if is_plain else "mirrored"] += 1
+    if flip:
+        assert 100 < counts["mirrored"] < 284
+    else:
+        assert counts["mirrored"] == 0
+
+
+def test_augmix_clean_view_does_not_mirror_when_flip_is_off():
+    img = _images(1, c=3, size=8, seed=6)[0]
+    x = img.expand(16, -1, -1, -1).contiguous()
+    loader = _loader(x, torch.zeros(16, dtype=torch.long), batch_size=16, augment="augmix", augmix_jsd=True,
+                     flip=False, mean=(0.0,) * 3, std=(1.0 / 255,) * 3)
+    xb, _ = next(iter(loader))
+    plain = _shifts(img, crop_padding(8))
+    assert all(any(torch.equal(out, c) for c in plain) for out in xb[:16].round().to(torch.uint8))
+
+
 def _loader(x, y, **kw):
-    args = dict(batch_size=8, shuffle=True, drop_last=False, augment="standard", mean=(0.5,), std=(0.25,),
-                device="cpu", seed=3)
+    args = dict(batch_size=8, shuffle=True, drop_last=False, augment="standard", flip=True, mean=(0.5,),
+                std=(0.25,), device="cpu", seed=3)
     args.update(kw)
     return BatchLoader(x, y, **args)
 

@@ -77,7 +77,12 @@ def test_digits_test_set_is_fixed_and_val_follows_the_seed(tmp_path):
 def test_subset_and_test_subset(tmp_path):
     data = _load(tmp_path, source="digits", subset=200, test_subset=50, val_fraction=0.1)
     assert len(data.train_x) + len(data.val_x) == 200 and len(data.val_x) == 20
-    assert len(data.test_x) == 50 and len(set(data.test_y.tolist())) == 10  # stratified
+    assert Counter(data.test_y.tolist()) == {c: 5 for c in range(10)}  # class-balanced
+    full = _load(tmp_path, source="digits")
+    assert torch.equal(full.test_index, torch.arange(len(full.test_y)))
+    # test_index: where each kept image sits in the source's test split
+    assert torch.equal(data.test_x, full.test_x[data.test_index])
+    assert torch.equal(data.test_y, full.test_y[data.test_index])
 
 
 # ---- image folders --------------------------------------------------------------------------------
@@ -238,6 +243,7 @@ def test_torchvision_cifar10_format(tmp_path):
     data = _load(tmp_path, source="cifar10", root=str(tmp_path / "tv"), val_fraction=0.2, test_subset=10)
     assert data.classes == [f"class{i}" for i in range(10)] and data.image_size == 32
     assert torch.equal(data.test_x, torch.from_numpy(rows[30:36].reshape(-1, 3, 32, 32)))  # official order
+    assert data.test_index.tolist() == list(range(6))
     assert torch.equal(data.test_y, torch.from_numpy(labels[30:36]).long())
     train = torch.from_numpy(rows[:30].reshape(-1, 3, 32, 32))
     assert _rows(torch.cat([data.train_x, data.val_x])) == _rows(train)

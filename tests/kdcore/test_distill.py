@@ -115,7 +115,7 @@ def test_each_method_backprops_into_student_and_extras_only(method: str, nets) -
     teacher, student, images, targets = nets
     teacher.train()  # a careless caller: building must put the teacher in eval mode
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    distiller = build_distiller(DistillSpec(method=method), student, teacher, images)
+    distiller = build_distiller(DistillSpec(method=method), student, teacher, images, epochs=240)
     assert not teacher.training
     student.train()
     student.zero_grad(set_to_none=True)
@@ -134,7 +134,7 @@ def test_each_method_backprops_into_student_and_extras_only(method: str, nets) -
     distiller.train()
     assert not teacher.training
     if method == "fitnet":
-        assert len(distiller.extra_parameters()) == 3  # 1x1 conv weight, BN weight and bias
+        assert len(distiller.extra_parameters()) == 4  # conv weight and bias, BN weight and bias
     else:
         assert distiller.extra_parameters() == []
 
@@ -142,7 +142,7 @@ def test_each_method_backprops_into_student_and_extras_only(method: str, nets) -
 def test_kd_with_alpha_zero_is_cross_entropy(nets) -> None:
     teacher, student, images, targets = nets
     student.eval()
-    distiller = build_distiller(DistillSpec(method="kd", alpha=0.0), student, teacher, images)
+    distiller = build_distiller(DistillSpec(method="kd", alpha=0.0), student, teacher, images, epochs=1)
     logits, parts = distiller.forward_train(images, targets, 0, label_smoothing=0.1)
     ce = F.cross_entropy(student(images), targets, label_smoothing=0.1)
     assert sum(parts.values()).item() == pytest.approx(ce.item(), rel=1e-6)
@@ -153,7 +153,7 @@ def test_kd_parts_weighted_by_alpha(nets) -> None:
     teacher, student, images, targets = nets
     student.eval()
     cfg = DistillSpec(method="kd", alpha=0.75, temperature=3.0)
-    distiller = build_distiller(cfg, student, teacher, images)
+    distiller = build_distiller(cfg, student, teacher, images, epochs=1)
     logits, parts = distiller.forward_train(images, targets, 0)
     with torch.no_grad():
         t_logits = teacher(images)
@@ -164,7 +164,7 @@ def test_kd_parts_weighted_by_alpha(nets) -> None:
 def test_dkd_warmup_ramps_linearly_from_the_zero_based_epoch(nets) -> None:
     teacher, student, images, targets = nets
     student.eval()
-    distiller = build_distiller(DistillSpec(method="dkd", warmup_epochs=4), student, teacher, images)
+    distiller = build_distiller(DistillSpec(method="dkd", warmup_epochs=4), student, teacher, images, epochs=240)
     _, full = distiller.forward_train(images, targets, epoch=3)
     _, later = distiller.forward_train(images, targets, epoch=50)
     _, first = distiller.forward_train(images, targets, epoch=0)
@@ -179,36 +179,36 @@ def test_fitnet_hint_stage_is_clamped_per_network_and_rejected_past_both() -> No
     torch.manual_seed(0)
     student, teacher = build_model("resnet8", 4, 1, 8), build_model("vgg8", 4, 1, 8)  # 3 and 4 stages
     sample = torch.randn(2, 1, 8, 8)
-    distiller = build_distiller(DistillSpec(method="fitnet", hint_stage=3), student, teacher, sample)
+    distiller = build_distiller(DistillSpec(method="fitnet", hint_stage=3), student, teacher, sample, epochs=1)
     assert (distiller.student_stage, distiller.teacher_stage) == (2, 3)
     conv = distiller.regressor[0]
     assert (conv.in_channels, conv.out_channels) == (64, 512)
+    assert (conv.kernel_size, conv.stride) == ((3, 3), (2, 2))  # 2x2 student map onto the 1x1 teacher map
     _, parts = distiller.forward_train(sample, torch.tensor([0, 3]), 0)
     assert torch.isfinite(parts["hint"])
     with pytest.raises(KDError, match="hint_stage"):
-        build_distiller(DistillSpec(method="fitnet", hint_stage=4), student, teacher, sample)
+        build_distiller(DistillSpec(method="fitnet", hint_stage=4), student, teacher, sample, epochs=1)
 
 
 def test_baseline_needs_no_teacher_and_the_others_do() -> None:
     student = build_model("resnet8", 3, 1, 8)
     images, targets = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
-    baseline = build_distiller(DistillSpec(method="none"), student, None, images)
+    baseline = build_distiller(DistillSpec(method="none"), student, None, images, epochs=1)
     _, parts = baseline.forward_train(images, targets, 0)
     assert set(parts) == {"ce"}
     with pytest.raises(KDError, match="needs a teacher"):
-        build_distiller(DistillSpec(method="kd"), student, None, images)
+        build_distiller(DistillSpec(method="kd"), student, None, images, epochs=1)
 
 
-def test_at_pairs_stages_from_the_end_across_architectures() -> None:
+def test_at_pairs_stages_in_order_from_the_first_as_the_reference_zips_them() -> None:
     torch.manual_seed(0)
-    student, teacher = build_model("resnet8", 4, 1, 8), build_model("vgg8", 4, 1, 8)
+    student, teacher = build_model("resnet8", 4, 1, 8), build_model("vgg8", 4, 1, 8)  # 3 and 4 stages
     images = torch.randn(2, 1, 8, 8)
-    distiller = build_distiller(DistillSpec(method="at", feature_weight=1000.0), student, teacher, images)
+    distiller = build_distiller(DistillSpec(method="at", feature_weight=10.0), student, teacher, images, epochs=1)
     student.eval()
     _, parts = distiller.forward_train(images, torch.tensor([0, 1]), 0)
     with torch.no_grad():
         _, fs = student.forward_features(images)
         _, ft = teacher.forward_features(images)
-    expected = 500.0 * losses.attention_transfer(fs, ft[1:], 2.0)
+    expected = 10.0 * losses.attention_transfer(fs, ft[:3], 2.0)
     assert parts["at"].item() == pytest.approx(expected.item(), rel=1e-5)
-

@@ -32,12 +32,14 @@ def test_reads_one_severity_as_uint8_nchw(tmp_path):
     assert y.tolist() == [4, 5, 6, 7] and str(y.dtype) == "torch.int64"
 
 
-def test_max_images_takes_the_first_n_of_the_severity(tmp_path):
+def test_indices_are_test_split_positions_within_the_severity(tmp_path):
     root = _write_folder(tmp_path / "c10")
-    x, y = load_official(root, "gaussian_noise", 3, num_classes=10, max_images=2)
-    assert x[:, 0, 5, 5].tolist() == [8, 9] and y.tolist() == [8, 9]
-    x, _ = load_official(root, "gaussian_noise", 5, num_classes=10, max_images=99)
-    assert len(x) == PER_SEVERITY
+    x, y = load_official(root, "gaussian_noise", 3, num_classes=10, indices=[1, 3])
+    assert x[:, 0, 5, 5].tolist() == [9, 11] and y.tolist() == [9, 1]  # severity 3 = images 8..11
+    x, _ = load_official(root, "gaussian_noise", 5, num_classes=10, indices=np.array([], dtype=np.int64))
+    assert x.shape == (0, 3, 32, 32)
+    with pytest.raises(DataError, match=r"evaluate.official_root.*4 images per severity.*position 4"):
+        load_official(root, "gaussian_noise", 1, num_classes=10, indices=[0, 4])
 
 
 def test_missing_file_names_the_file(tmp_path):

@@ -110,7 +110,7 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
     results = json.loads((out / "results.json").read_text())
     for name in ("teacher", "student_kd", "student_baseline"):
         block = results[name]
-        for key in ("clean_acc", "ece", "nll", "params", "size_bytes", "flops", "latency_ms", "best_epoch",
+        for key in ("clean_acc", "ece", "nll", "params", "size_bytes", "flops", "macs", "latency_ms", "best_epoch",
                     "last_epoch_acc", "corruption_acc", "mce", "per_corruption", "per_severity",
                     "robustness_retention"):
             assert block[key] is not None, (name, key)
@@ -201,3 +201,23 @@ def test_a_later_job_reuses_the_teacher_trained_on_the_same_data_and_recipe(tmp_
     logs = LogLines()
     fourth = run(JobSpec.model_validate(TINY), tmp_path / "again", logs, cache_dir=cache, device="cpu")
     assert not any("reused the teacher" in m for m in logs.logs) and "training_teacher" in fourth["timings"]
+
+
+@pytest.mark.parametrize(("method", "recipe"), [
+    *[(m, {}) for m in ("kd", "dkd", "kd_ls", "fitnet", "at")],
+    ("kd", {"augment": "augmix", "augmix_jsd": True}),
+])
+def test_every_method_trains_two_epochs_through_run(tmp_path: Path, cache_dir: Path, method: str,
+                                                    recipe: dict) -> None:
+    """A 2-epoch smoke run of each method on digits with the method's own defaults."""
+    spec = {**TINY, "dataset": {"source": "digits", "subset": 300, "test_subset": 100},
+            "teacher": {"arch": "resnet20", "train": {"epochs": 1, "batch_size": 64, "lr": 0.1}},
+            "distill": {"method": method}, "train": {"epochs": 2, "batch_size": 64, "lr": 0.1, **recipe}}
+    logs = LogLines()
+    results = run(JobSpec.model_validate(spec), tmp_path / method, logs, cache_dir=cache_dir, device="cpu")
+    history = results["student_kd"]["history"]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(e["train_loss"])) for e in history)
+    assert any(m.startswith(f"distilling: {method}: ce_weight=") for m in logs.logs)
+    assert results["student_kd"]["macs"] * 2 == results["student_kd"]["flops"]
+    if recipe.get("augmix_jsd"):
+        assert "loss_jsd" in history[0]

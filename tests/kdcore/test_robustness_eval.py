@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from kdcore.data.splits import SUBSET_SEED, balanced_subset
 from kdcore.errors import Cancelled, DataError
 from kdcore.robustness import corrupt
 from kdcore.robustness.evaluate import GENERATED_SOURCE, evaluate_robustness
@@ -48,24 +49,29 @@ def test_blocks_match_a_hand_written_evaluation(tmp_path):
     models["student_kd"].train()
     spec = EvaluateSpec(**CELLS, max_images=11, batch_size=4)  # 11 = two full batches + a partial one
     progress = []
-    blocks = _run(tmp_path, spec, models, x, y, on_cell=lambda done, total: progress.append((done, total)))
+    # The images' positions in the source's test split: they seed each image's corruption.
+    test_index = torch.arange(100, 100 + len(x))
+    blocks = _run(tmp_path, spec, models, x, y, test_index=test_index,
+                  on_cell=lambda done, total: progress.append((done, total)))
     assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert set(blocks) == {"teacher", "student_kd"} and not models["student_kd"].training
+    chosen = balanced_subset(y, 11, SUBSET_SEED)
+    assert sorted(set(y[chosen].tolist())) == list(range(10))  # first-11 would be the same here; see below
     for name, model in models.items():
         block, accs, eces, nlls = blocks[name], [], [], []
         for c in CELLS["corruptions"]:
             for s in CELLS["severities"]:
-                cell = corrupt(x[:11], c, s, seed=0, indices=torch.arange(11))
+                cell = corrupt(x[chosen], c, s, seed=0, indices=test_index[chosen])
                 logits = _reference_logits(model, cell)
-                acc = float((logits.argmax(1) == y[:11]).float().mean())
+                acc = float((logits.argmax(1) == y[chosen]).float().mean())
                 assert block["per_corruption"][c][str(s)] == pytest.approx(acc)
                 accs.append(acc)
-                eces.append(expected_calibration_error(logits, y[:11]))
-                nlls.append(negative_log_likelihood(logits, y[:11]))
+                eces.append(expected_calibration_error(logits, y[chosen]))
+                nlls.append(negative_log_likelihood(logits, y[chosen]))
         assert block["corruption_acc"] == pytest.approx(np.mean(accs))
         assert block["mce"] == pytest.approx(100 - 100 * np.mean(accs))
         # Retention divides by the clean accuracy on the same 11 images, not by the test set's (0.5 here).
-        same = float((_reference_logits(model, x[:11]).argmax(1) == y[:11]).float().mean())
+        same = float((_reference_logits(model, x[chosen]).argmax(1) == y[chosen]).float().mean())
         assert block["clean_acc_same_images"] == pytest.approx(same) and block["clean_acc"] == 0.5
         assert block["robustness_retention"] == pytest.approx(np.mean(accs) / same)
         assert block["corrupted_ece"] == pytest.approx(np.mean(eces), abs=1e-5)
@@ -83,17 +89,19 @@ def test_generated_cells_are_cached_and_reused_by_a_second_job(tmp_path):
     assert len(files) == 4 and not list(files[0].parent.glob("*.tmp"))
     # Replace one cached cell by the clean images: a job that reuses the cache must now score them.
     target = next(f for f in files if f.name.startswith("contrast-s5-"))
-    save_file({"images": x[:10].clone()}, target)
+    chosen = balanced_subset(y, 10, SUBSET_SEED)
+    save_file({"images": x[chosen].clone()}, target)
     second = _run(tmp_path, spec, models, x, y)
-    clean = float((_reference_logits(models["student_kd"], x[:10]).argmax(1) == y[:10]).float().mean())
+    clean = float((_reference_logits(models["student_kd"], x[chosen]).argmax(1) == y[chosen]).float().mean())
     assert second["student_kd"]["per_corruption"]["contrast"]["5"] == pytest.approx(clean)
     assert second["student_kd"]["per_corruption"]["gaussian_noise"] == first["student_kd"]["per_corruption"][
         "gaussian_noise"
     ]
-    # Another seed or another image count is another key: new files, the old ones untouched.
+    # Another seed, another image count or other test-split positions is another key: new files.
     _run(tmp_path, EvaluateSpec(**CELLS, max_images=10, seed=1), models, x, y)
     _run(tmp_path, EvaluateSpec(**CELLS, max_images=12), models, x, y)
-    assert len(list(target.parent.glob("*.safetensors"))) == 12
+    _run(tmp_path, spec, models, x, y, test_index=torch.arange(len(x)) + 1)
+    assert len(list(target.parent.glob("*.safetensors"))) == 16
 
 
 def test_a_damaged_cache_file_is_regenerated(tmp_path):
@@ -122,22 +130,55 @@ def test_no_corruptions_and_no_calibration(tmp_path):
     assert block["corrupted_ece"] is None and block["corrupted_nll"] is None
 
 
-def test_official_arrays(tmp_path):
-    root = tmp_path / "CIFAR-10-C"
+def _official_folder(root, test_y, per_severity):
+    """A folder in the published layout whose labels follow the test order, as the release's do."""
     root.mkdir()
     gen = np.random.default_rng(0)
-    images = {c: gen.integers(0, 256, (15, 32, 32, 3), dtype=np.uint8) for c in CELLS["corruptions"]}
+    images = {c: gen.integers(0, 256, (5 * per_severity, 32, 32, 3), dtype=np.uint8) for c in CELLS["corruptions"]}
     for c, arr in images.items():
-        np.save(root / f"{c}.npy", arr)  # 3 images per severity
-    labels = np.array([0, 9, 4] * 5, dtype=np.int64)
-    np.save(root / "labels.npy", labels)
-    x, y = _data()
+        np.save(root / f"{c}.npy", arr)
+    labels = np.zeros(per_severity, dtype=np.int64)
+    labels[: len(test_y)] = test_y.numpy()
+    labels[-1] = 9  # the release's labels span every class
+    np.save(root / "labels.npy", np.tile(labels, 5))
+    return images, np.tile(labels, 5)
+
+
+def test_official_arrays_are_read_at_the_test_images_positions(tmp_path):
+    """The data set is a subset of the test split (test_index) and max_images takes a balanced subset
+    of it: the official cells must hold the same images, and clean_acc_same_images is their clean score."""
+    full_x, full_y = _data(n=20)
+    test_index = torch.tensor([1, 2, 4, 5, 7, 8, 10, 11, 13, 14, 16, 17, 19])
+    x, y = full_x[test_index], full_y[test_index]
+    images, labels = _official_folder(tmp_path / "CIFAR-10-C", full_y, per_severity=24)
     model = _model(3)
-    spec = EvaluateSpec(**CELLS, source="official", official_root=str(root), max_images=2)
-    block = _run(tmp_path, spec, {"m": model}, x, y)["m"]
-    assert block["source"] == "CIFAR-10-C" and block["n_images"] == 2
-    cell = torch.from_numpy(images["contrast"][12:14]).permute(0, 3, 1, 2)  # severity 5, first 2
-    acc = float((_reference_logits(model, cell).argmax(1) == torch.from_numpy(labels[12:14])).float().mean())
+    spec = EvaluateSpec(**CELLS, source="official", official_root=str(tmp_path / "CIFAR-10-C"), max_images=6)
+    block = _run(tmp_path, spec, {"m": model}, x, y, test_index=test_index)["m"]
+    chosen = balanced_subset(y, 6, SUBSET_SEED)
+    rows = 4 * 24 + test_index[chosen].numpy()  # severity 5
+    assert block["source"] == "CIFAR-10-C" and block["n_images"] == 6
+    cell = torch.from_numpy(images["contrast"][rows]).permute(0, 3, 1, 2)
+    assert torch.equal(torch.from_numpy(labels[rows]), y[chosen])
+    acc = float((_reference_logits(model, cell).argmax(1) == y[chosen]).float().mean())
     assert block["per_corruption"]["contrast"]["5"] == pytest.approx(acc)
+    same = float((_reference_logits(model, x[chosen]).argmax(1) == y[chosen]).float().mean())
+    assert block["clean_acc_same_images"] == pytest.approx(same)
     with pytest.raises(DataError, match="32x32 RGB"):
         _run(tmp_path, spec, {"m": model}, torch.zeros(4, 1, 28, 28, dtype=torch.uint8), y[:4])
+
+
+def test_official_arrays_must_follow_the_data_sets_test_order(tmp_path):
+    x, y = _data()
+    _official_folder(tmp_path / "c10", torch.roll(y, 1), per_severity=16)  # another order
+    spec = EvaluateSpec(**CELLS, source="official", official_root=str(tmp_path / "c10"))
+    with pytest.raises(DataError, match="evaluate.official_root.*differ from the data set's test labels"):
+        _run(tmp_path, spec, {"m": _model(0)}, x, y)
+    # A 100-class model (CIFAR-100 data) with CIFAR-10-C arrays: the class counts disagree.
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 100))
+    with pytest.raises(DataError, match="evaluate.official_root.*100 classes"):
+        _run(tmp_path, spec, {"m": wide}, x, y)
+    # Arrays with fewer images per severity than the test split reaches.
+    _official_folder(tmp_path / "short", y[:10], per_severity=11)
+    spec = EvaluateSpec(**CELLS, source="official", official_root=str(tmp_path / "short"))
+    with pytest.raises(DataError, match="11 images per severity"):
+        _run(tmp_path, spec, {"m": _model(0)}, x, y)

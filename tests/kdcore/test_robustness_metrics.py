@@ -120,7 +120,7 @@ def test_formulas_name_every_reported_metric():
 
 
 def test_relative_ce_uses_the_clean_accuracy_of_the_corrupted_images_when_known():
-    """With max_images, the corrupted cells use the first n test images: E_clean comes from those."""
+    """With max_images, the corrupted cells use a subset of the test images: E_clean comes from those."""
     kd, base = _block(KD_ACC, 0.95), _block(BASE_ACC, 0.90)
     kd["clean_acc_same_images"], base["clean_acc_same_images"] = 0.85, 0.80  # errors 0.15 and 0.20
     out = compare_to_baseline(kd, base)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from kdcore.spec import JobSpec, load_spec
+from kdcore.spec import DISTILL_METHODS, METHOD_DEFAULTS, DistillSpec, JobSpec, load_spec
 from tests.paths import REPO
 
 GOOD = json.loads((REPO / "examples" / "digits-kd.json").read_text())
@@ -51,7 +51,24 @@ BAD_SPECS = [
     ("unknown export", "export", ["pickle"], "export", "safetensors"),
     ("bad optimizer", "train.optimizer", "lbfgs", "train.optimizer", "adamw"),
     ("val_fraction 0", "dataset.val_fraction", 0, "dataset.val_fraction", "greater than 0"),
+    ("alpha with kd_weight", "distill.kd_weight", 9.0, "distill.alpha", "not both"),
 ]
+
+
+OFFICIAL = {"source": "official", "official_root": "/data/CIFAR-10-C"}
+
+
+@pytest.mark.parametrize("dataset", [{"source": "digits"}, {"source": "svhn"}, {"source": "imagefolder", "root": "/x"},
+                                     {"source": "cifar10", "image_size": 64}])
+def test_official_corruptions_need_cifar_data(dataset: dict) -> None:
+    """CIFAR-10-C/100-C hold 32x32 CIFAR test images in the CIFAR order: any other data would be scored
+    on images that are not its own."""
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({**GOOD, "dataset": dataset, "evaluate": OFFICIAL})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("evaluate", "source") and "evaluate.source" in error["msg"]
+    for fine in ({"source": "cifar10"}, {"source": "cifar100", "image_size": 32}):
+        JobSpec.model_validate({**GOOD, "dataset": fine, "evaluate": OFFICIAL})
 
 
 def test_example_spec_is_valid() -> None:
@@ -75,7 +92,9 @@ def test_defaults_follow_design() -> None:
     spec = load_spec(json.dumps({"dataset": {"source": "cifar10"}, "teacher": {"arch": "resnet56", "train": {}},
                                  "student": {"arch": "resnet20"}}))
     assert (spec.train.epochs, spec.train.batch_size, spec.train.lr) == (240, 128, 0.05)
-    assert (spec.distill.method, spec.distill.temperature, spec.distill.alpha) == ("kd", 4.0, 0.9)
+    assert spec.distill.method == "kd"
+    assert spec.distill.settings(spec.train.epochs) == {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
+    assert (spec.train.nesterov, spec.train.decay_norm_and_bias) == (False, True)
     assert spec.evaluate.severities == [1, 2, 3, 4, 5]
     assert spec.export == ["safetensors", "onnx", "torchscript"]
 
@@ -85,3 +104,26 @@ def test_spec_module_does_not_import_torch() -> None:
     code = "import sys, kdcore.spec, kdcore; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+def test_every_method_has_its_defaults_and_the_schema_names_them() -> None:
+    assert tuple(METHOD_DEFAULTS) == DISTILL_METHODS
+    fields = DistillSpec.model_fields
+    for method, defaults in METHOD_DEFAULTS.items():
+        assert "ce_weight" in defaults
+        for name, value in defaults.items():
+            assert f"{method} {value}" in fields[name].description, (method, name)
+            assert fields[name].default is None  # unset means "the method's default"
+
+
+def test_unset_fields_take_the_methods_default_and_set_ones_win() -> None:
+    assert DistillSpec(method="kd_ls").settings(240) == {"ce_weight": 0.1, "kd_weight": 9.0, "temperature": 2.0}
+    assert DistillSpec(method="kd_ls", kd_weight=3.0).settings(240)["kd_weight"] == 3.0
+    assert DistillSpec(method="kd", alpha=0.25).settings(240) == {"ce_weight": 0.75, "kd_weight": 0.25,
+                                                                   "temperature": 4.0}
+    assert DistillSpec(method="at").settings(240) == {"ce_weight": 1.0, "feature_weight": 1000.0, "at_p": 2.0}
+    assert DistillSpec(method="fitnet", feature_weight=50.0).settings(240)["feature_weight"] == 50.0
+    for epochs, warmup in ((1, 1), (15, 1), (18, 2), (30, 3), (120, 10), (240, 20), (1000, 83)):
+        assert DistillSpec(method="dkd").settings(epochs)["warmup_epochs"] == warmup, epochs
+    assert DistillSpec(method="dkd", warmup_epochs=0).settings(15)["warmup_epochs"] == 0
+    assert DistillSpec(method="none").settings(3) == {"ce_weight": 1.0}
