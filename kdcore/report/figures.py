@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kdcore.report import plots
 from kdcore.report.plots import MODEL_LABEL, ReliabilityCurve, Series
@@ -20,27 +20,42 @@ def _seeds_note(n: int) -> str:
     return f"mean of {n} seeds, error bars: 95% interval" if n > 1 else "one seed"
 
 
+def severity_stats(results: Mapping, model: str) -> list[dict] | None:
+    """describe() over the model's seeds of its clean accuracy (on the corrupted cells' own images) and of
+    its accuracy at each severity (mean over corruptions): the points of an accuracy-vs-severity line, in
+    the order of corruption_grid's severities. None when the job has no such model or no corrupted cells."""
+    _, severities = corruption_grid(results)
+    per_seed = blocks(results, model)
+    if not severities or not per_seed:
+        return None
+    stats = [describe([clean_reference(b) for b in per_seed])]
+    stats += [describe([(b.get("per_severity") or {}).get(s) for b in per_seed]) for s in severities]
+    return None if any(s["mean"] is None for s in stats) else stats
+
+
+def _line(stats: list[dict]) -> tuple[list[float], tuple[list[float], list[float]] | None]:
+    """(y in %, error bars in % or None) of severity_stats."""
+    y = [100 * s["mean"] for s in stats]
+    if not all(s["ci95"] is not None for s in stats):
+        return y, None
+    return y, ([100 * (s["mean"] - s["ci95"][0]) for s in stats], [100 * (s["ci95"][1] - s["mean"]) for s in stats])
+
+
 def accuracy_vs_severity(results: Mapping) -> str | None:
     names, severities = corruption_grid(results)
     series, alt = [], []
     present = models(results)
     with_bars = any(len(blocks(results, m)) > 1 for m in present)
     for k, model in enumerate(present):
-        per_seed = blocks(results, model)
-        stats = [describe([clean_reference(b) for b in per_seed])]
-        stats += [describe([(b.get("per_severity") or {}).get(s) for b in per_seed]) for s in severities]
-        if any(s["mean"] is None for s in stats):
+        stats = severity_stats(results, model)
+        if stats is None:
             continue
-        y = [100 * s["mean"] for s in stats]
-        yerr = None
-        if all(s["ci95"] is not None for s in stats):
-            yerr = ([100 * (s["mean"] - s["ci95"][0]) for s in stats],
-                    [100 * (s["ci95"][1] - s["mean"]) for s in stats])
+        y, yerr = _line(stats)
         offset = (k - (len(present) - 1) / 2) * DODGE if with_bars else 0.0
         x = [offset] + [float(s) + offset for s in severities]
         series.append(Series(model, x, y, MODEL_LABEL[model], yerr))
         alt.append(f"{MODEL_LABEL[model]} {y[0]:.1f}% clean, {y[-1]:.1f}% at severity {severities[-1]} "
-                   f"({_seeds_note(len(per_seed))})")
+                   f"({_seeds_note(len(blocks(results, model)))})")
     if not series:
         return None
     ticks = ([0.0] + [float(s) for s in severities], ["clean"] + list(severities))
@@ -49,6 +64,38 @@ def accuracy_vs_severity(results: Mapping) -> str | None:
         alt=f"Line chart of top-1 accuracy, mean over {len(names)} corruptions, against severity "
             f"(clean = the same images uncorrupted): " + "; ".join(alt) + ".",
         xlabel="corruption severity", ylabel="top-1 accuracy (%)", xticks=ticks,
+    )
+
+
+def accuracy_vs_severity_overlay(runs: Sequence[tuple[str, Mapping]], model: str = "student_kd") -> str | None:
+    """One chart with one model's accuracy-vs-severity line from each of several jobs ((label, results)
+    pairs, at most len(plots.RUN_STYLES)), one colour per job; None when no job has corrupted cells."""
+    if len(runs) > len(plots.RUN_STYLES):
+        raise ValueError(f"at most {len(plots.RUN_STYLES)} jobs in one chart")
+    series, alt, ticks = [], [], set()
+    with_bars = any(len(blocks(results, model)) > 1 for _, results in runs)
+    for k, (label, results) in enumerate(runs):
+        stats = severity_stats(results, model)
+        if stats is None:
+            continue
+        _, severities = corruption_grid(results)
+        y, yerr = _line(stats)
+        offset = (k - (len(runs) - 1) / 2) * DODGE if with_bars else 0.0
+        x = [offset] + [float(s) + offset for s in severities]
+        ticks.update(float(s) for s in severities)
+        series.append(Series(model, x, y, label, yerr, style=plots.RUN_STYLES[k]))
+        alt.append(f"{label} {y[0]:.1f}% clean, {y[-1]:.1f}% at severity {severities[-1]} "
+                   f"({_seeds_note(len(blocks(results, model)))})")
+    if not series:
+        return None
+    xticks = sorted(ticks)
+    what = MODEL_LABEL[model]
+    return plots.line_chart_svg(
+        series, fig_id="fig-compare-severity", title=f"Accuracy vs corruption severity: {what}",
+        alt=f"Line chart of the {what} student's top-1 accuracy, mean over each job's corruptions, against "
+            f"severity (clean = the same images uncorrupted), one line per job: " + "; ".join(alt) + ".",
+        xlabel="corruption severity", ylabel="top-1 accuracy (%)",
+        xticks=([0.0, *xticks], ["clean", *(f"{t:g}" for t in xticks)]),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -27,6 +27,12 @@ MODEL_STYLE: dict[str, dict[str, str]] = {
     "student_baseline": {"color": "#D55E00", "marker": "^", "linestyle": "-"},
     "student_kd": {"color": "#0072B2", "marker": "o", "linestyle": "-"},
 }
+# Overlays of several jobs (the service's compare page): one colour and marker per job, in this order
+# (the Okabe-Ito colours again, with a marker each, so six lines stay apart in gray-scale too).
+RUN_STYLES: tuple[dict[str, str], ...] = (
+    {"color": "#0072B2", "marker": "o"}, {"color": "#D55E00", "marker": "^"}, {"color": "#009E73", "marker": "s"},
+    {"color": "#CC79A7", "marker": "D"}, {"color": "#E69F00", "marker": "v"}, {"color": "#555555", "marker": "P"},
+)
 MODEL_LABEL: dict[str, str] = {
     "teacher": "teacher",
     "student_baseline": "baseline (no KD)",
@@ -66,13 +72,15 @@ _FONT_STYLE = "; font-family: 'DejaVu Sans', sans-serif"  # set once per figure 
 @dataclass(frozen=True)
 class Series:
     """One line of a chart. yerr: (below, above) distances from y, or None for no error bars.
-    label None leaves the line out of the legend (the second and later seeds of a model)."""
+    label None leaves the line out of the legend (the second and later seeds of a model). style, when
+    given, overrides parts of the model's style (a RUN_STYLES entry: one colour per job in an overlay)."""
 
     model: str
     x: Sequence[float]
     y: Sequence[float]
     label: str | None = None
     yerr: tuple[Sequence[float], Sequence[float]] | None = None
+    style: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,13 +148,14 @@ def line_chart_svg(
     log_y: bool = False,
     y_limits: tuple[float, float] | None = None,
 ) -> str:
-    """Lines (with error bars where a series has yerr) in the models' colours; the legend under the axes."""
+    """Lines (with error bars where a series has yerr) in the models' colours (or the series' own style);
+    the legend under the axes."""
     with matplotlib.rc_context(_rc(fig_id)):
         fig = Figure(figsize=(3.9, 2.8), layout="constrained")
         ax = fig.add_subplot()
         per_model: dict[str, int] = {}
         for s in series:
-            style = MODEL_STYLE[s.model]
+            style = {**MODEL_STYLE[s.model], **(s.style or {})}
             k = per_model[s.model] = per_model.get(s.model, -1) + 1
             gid = f"{fig_id}-{s.model.replace('_', '-')}"  # ids say which model a line is (tests count them)
             if s.yerr is None:
