@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from markupsafe import Markup
 
 from api.deps import SessionDep, SettingsDep
 from api.problems import ProblemError
@@ -14,7 +15,7 @@ from api.schemas import JobDetail
 from api.ui import service, views
 from api.ui.auth import PREFIX, PageOwner
 from api.ui.render import PageRoute, page
-from kdservice.summaries import MODEL_KEYS, MODEL_LABELS
+from kdservice.summaries import MODEL_KEYS, MODEL_LABELS, format_spread
 
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 MIN_JOBS, MAX_JOBS = 2, 6
@@ -40,14 +41,31 @@ def setup_text(spec: dict[str, Any], seeds: int) -> str:
 
 
 def severity_rows(compared: list[Compared]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(column names: clean then the severities, rows {job, model, cells}) over every compared job."""
-    curves = [(c, key, views.severity_curves(c.results, key)) for c in compared for key in MODEL_KEYS]
-    curves = [(c, key, curve) for c, key, curve in curves if curve]
-    severities = sorted({s for _, _, curve in curves for s in curve if s != "clean"}, key=int)
-    columns = ["clean", *severities]
-    rows = [{"job": c.job.name, "model": MODEL_LABELS[key],
-             "cells": [views.percent(curve.get(s)) for s in columns]} for c, key, curve in curves]
+    """(column names: clean, then every severity any job evaluated; one row {job, model, cells} per job and
+    model): the numbers of the chart (kdcore.report's severity_stats), as text."""
+    from kdcore.report.figures import severity_stats
+    from kdcore.report.view import corruption_grid
+
+    lines = []
+    for c in compared:
+        _, severities = corruption_grid(c.results)
+        for key in MODEL_KEYS:
+            stats = severity_stats(c.results, key)
+            if stats is not None:
+                lines.append((c, key, dict(zip(["clean", *severities], stats, strict=True))))
+    columns = ["clean", *sorted({s for _, _, line in lines for s in line if s != "clean"}, key=float)]
+    rows = [{"job": c.job.name, "model": MODEL_LABELS[key], "cells": [format_spread(line.get(s)) for s in columns]}
+            for c, key, line in lines]
     return columns, rows
+
+
+def curves_svg(compared: list[Compared]) -> Markup | None:
+    """The distilled students' accuracy-vs-severity lines of the jobs in one chart (kdcore.report's plotting,
+    the same as the report's own chart); matplotlib is imported on the first compare only."""
+    from kdcore.report.figures import accuracy_vs_severity_overlay
+
+    svg = accuracy_vs_severity_overlay([(c.job.name, c.results) for c in compared])
+    return Markup(svg) if svg else None  # matplotlib's SVG, its labels escaped: not user HTML
 
 
 @router.get("/compare")
@@ -68,4 +86,4 @@ def compare(request: Request, owner: PageOwner, session: SessionDep, settings: S
                                  views.summary_table(summary), setup_text(job.spec, int(summary.get("seeds") or 1))))
     severities, rows = severity_rows(compared)
     return page(request, "compare.html", {"nav": "", "jobs": compared, "severities": severities,
-                                          "severity_rows": rows, "curves_svg": None})
+                                          "severity_rows": rows, "curves_svg": curves_svg(compared)})

@@ -80,18 +80,3 @@ def size_text(size: int | None) -> str:
     if size is None:
         return "-"
     return f"{size} B" if size < 1024 else format_quantity(size, "size")
-
-
-def severity_curves(results: dict[str, Any], model: str = "student_kd") -> dict[str, float | None] | None:
-    """{"clean": acc on the corrupted images' clean versions, "1": mean acc at severity 1, ...} of one model."""
-    block = results.get(model)
-    if not isinstance(block, dict) or not isinstance(block.get("per_severity"), dict):
-        return None
-    clean = block.get("clean_acc_same_images")
-    curve: dict[str, float | None] = {"clean": clean if clean is not None else block.get("clean_acc")}
-    curve.update(sorted(block["per_severity"].items(), key=lambda item: int(item[0])))
-    return curve
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"

@@ -14,9 +14,12 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from kdcore.artifacts import REPORT
+from kdcore.artifacts import REPORT, RESULTS
+from kdcore.report import write_report
+from kdservice.db import make_engine, make_sessionmaker
 from kdservice.summaries import format_spread
-from tests.browser.browser_harness import PageWatch
+from kdservice.tables import Artifact
+from tests.browser.browser_harness import PHONE, PageWatch, screenshot
 from tests.browser.ui_checks import check_and_capture, sign_in
 from tests.helpers import Service, service_env
 
@@ -52,6 +55,16 @@ def base_url(service: Service) -> str:
 
 
 # Every value the job page's progress bar takes (the status section may be re-rendered in place).
+def add_report_as_the_pipeline_will(service: Service, job_id: str) -> None:
+    """Stand-in until kdcore.run writes report.html itself: render it from the job's own results.json with
+    kdcore.report, and record its artifact row as the worker records the others (worker.tasks)."""
+    job_dir = service.var_dir / "jobs" / job_id
+    path = write_report(json.loads((job_dir / RESULTS).read_text()), job_dir)
+    with make_sessionmaker(make_engine(service.env["KD_DATABASE_URL"])).begin() as session:
+        session.add(Artifact(job_id=job_id, name=REPORT, size=path.stat().st_size,
+                             sha256=hashlib.sha256(path.read_bytes()).hexdigest(), path=str(path)))
+
+
 RECORD_PROGRESS = """() => {
     window.sameDocument = true;
     window.progressSeen = [];
@@ -94,16 +107,13 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     job = service.job(first)
     artifacts = service.http.get(f"/v1/jobs/{first}/artifacts").json()["items"]
     results = page.locator("#job-results")
-    if any(a["name"] == REPORT for a in artifacts):
-        report = page.frame_locator("iframe.report")
-        expect(report.locator("body")).to_contain_text("distilled")
-    else:
-        table = results.locator("table.summary")
-        expect(table.locator("thead th")).to_have_text(["metric", "teacher", "baseline", "distilled"])
-        summary = job["results_summary"]
-        clean = [format_spread(summary[m]["clean_acc"]) for m in ("teacher", "student_baseline", "student_kd")]
-        expect(table.locator("tbody tr").first.locator("td")).to_have_text(clean)
-        assert all(text.endswith("(n=1)") for text in clean)
+    assert REPORT not in [a["name"] for a in artifacts], "the pipeline writes report.html now: drop the stand-in"
+    table = results.locator("table.summary")  # no report.html: the summary of results_summary instead
+    expect(table.locator("thead th")).to_have_text(["metric", "teacher", "baseline", "distilled"])
+    summary = job["results_summary"]
+    clean = [format_spread(summary[m]["clean_acc"]) for m in ("teacher", "student_baseline", "student_kd")]
+    expect(table.locator("tbody tr").first.locator("td")).to_have_text(clean)
+    assert all(text.endswith("(n=1)") for text in clean)
     downloads = results.locator("table.downloads a")
     expect(downloads).to_have_text([a["name"] for a in artifacts])
     student = next(a for a in artifacts if a["name"] == "student.safetensors")
@@ -113,6 +123,21 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
     assert page.evaluate("window.sameDocument") is True
     check_and_capture(page, "ui-job-succeeded")
+
+    # With report.html among the artifacts, the page shows it, sandboxed (no script, nothing fetched).
+    add_report_as_the_pipeline_will(service, first)
+    page.reload()
+    frame = page.locator("iframe.report")
+    expect(frame).to_have_attribute("sandbox", "")
+    expect(page.frame_locator("iframe.report").locator("h1")).to_contain_text("digits-ui")
+    expect(results.locator("table.downloads a", has_text=REPORT)).to_be_visible()
+    check_and_capture(page, "ui-job-report", full_page=False)
+    response = page.goto(f"/ui/jobs/{first}/report")
+    assert response is not None and "sandbox" in response.headers["content-security-policy"]
+    expect(page.locator("h1")).to_contain_text("digits-ui")
+    screenshot(page, "ui-report", full_page=False)
+    screenshot(page, "ui-report-phone", PHONE, full_page=False)
+    page.go_back()
 
     # The jobs list follows the second job live, then compares the two.
     page.get_by_role("link", name="Jobs", exact=True).click()
@@ -131,6 +156,9 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     severity = page.locator("table.severity")
     expect(severity.locator("thead th")).to_have_text(["job", "model", "clean", "1", "3", "5"])
     expect(severity.locator("tbody tr", has_text="distilled")).to_have_count(2)
+    chart = page.locator("svg#fig-compare-severity")  # one line per job, each named in the text alternative
+    expect(chart.locator("[id^=fig-compare-severity-student-kd-line-]")).to_have_count(2)
+    expect(chart).to_have_accessible_name(re.compile(r"digits-ui-t2 .*digits-ui |digits-ui .*digits-ui-t2 "))
     check_and_capture(page, "ui-compare")
 
     # Delete the second job from its page, then sign out.
