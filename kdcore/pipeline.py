@@ -125,7 +125,7 @@ def run(
 
     started = time.perf_counter()
     callbacks.on_progress(Progress(phase="preparing_data"))
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed, uploads_dir=uploads_dir)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir, uploads_dir=uploads_dir)
     timings["preparing_data"] = time.perf_counter() - started
     callbacks.on_log(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "

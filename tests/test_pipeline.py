@@ -126,7 +126,7 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
 
     # The downloaded weights, loaded into the registered arch, reproduce the reported accuracy exactly.
     spec = JobSpec.model_validate(results["spec"])
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir)
     model = build_model(spec.student.arch, data.num_classes, data.in_channels, data.image_size)
     model.load_state_dict(load_file(str(out / "student.safetensors")))
     logits = predict_logits(model, data.test_x, mean=data.mean, std=data.std, device=torch.device("cpu"))
@@ -148,7 +148,7 @@ def test_compiled_training_keeps_plain_weights_and_learns_like_eager(tmp_path: P
     eager = run(JobSpec.model_validate(TINY), tmp_path / "eager", cache_dir=cache_dir, device="cpu")
     weights = _weights(tmp_path / "compiled" / "student.safetensors")
     spec = JobSpec.model_validate(compiled_spec)
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir)
     model = build_model(spec.student.arch, data.num_classes, data.in_channels, data.image_size)
     assert set(weights) == set(model.state_dict())  # no "_orig_mod." prefixes
     model.load_state_dict(weights)

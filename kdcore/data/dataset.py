@@ -2,7 +2,9 @@
 
 Decoding is cached on disk, keyed by a fingerprint of the source (see kdcore.data.cache); the cheap,
 seed-dependent steps run on every load, in this order: `subset` (seeded random N training images),
-then the validation split (stratified `val_fraction` of what is left, job seed), then `test_subset`.
+then the validation split (stratified `val_fraction` of what is left), then `test_subset`. Both seeded
+steps use `spec.split_seed`, never the training seed: jobs that differ only in training seeds get the
+same arrays, the same fingerprint, and so the same cached teacher and corrupted test sets.
 `test_subset` keeps the first N test images of the torchvision sources (their official order, which
 the official CIFAR-C arrays follow); the other sources store their test set grouped by class, so
 there it takes a stratified subset with the fixed seed 0 (the same for every job).
@@ -41,7 +43,7 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, ...]  # per channel, [0, 1] scale, on train_x
     std: tuple[float, ...]
-    fingerprint: str  # source + every option that shapes the arrays above (seed included)
+    fingerprint: str  # source + every option that shapes the arrays above (split_seed included)
 
     @property
     def in_channels(self) -> int:
@@ -154,10 +156,9 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def load_dataset(
-    spec: DatasetSpec, *, cache_dir: Path, seed: int, uploads_dir: Path | None = None
-) -> ImageData:
+def load_dataset(spec: DatasetSpec, *, cache_dir: Path, uploads_dir: Path | None = None) -> ImageData:
     """Load, split and describe the data set of `spec` (raises DataError for problems a user can fix)."""
+    seed = spec.split_seed
     (train_x, train_y, test_x, test_y, classes), source_fp = _decoded(spec, Path(cache_dir), uploads_dir)
     if spec.subset is not None:
         keep = random_subset(len(train_x), spec.subset, seed)
