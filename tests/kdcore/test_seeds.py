@@ -28,8 +28,8 @@ from kdcore.teacher_cache import (
     store_teacher_evaluation,
     weights_digest,
 )
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = json.loads((REPO / "examples" / "digits-kd.json").read_text())
 
 TWO_SEEDS = {
