@@ -59,7 +59,7 @@ def models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def project_runner(data_root: Path, cache: Path, device: torch.device, recipe: TrainRecipe):
     t0 = time.perf_counter()
-    data = load_dataset(DatasetSpec(source="imagefolder", root=str(data_root)), cache_dir=cache, seed=0)
+    data = load_dataset(DatasetSpec(source="imagefolder", root=str(data_root)), cache_dir=cache)
     decode_s = time.perf_counter() - t0
     teacher, student = models(device)
     teacher.to(memory_format=torch.channels_last).eval()

@@ -14,6 +14,7 @@ class Progress:
     steps: int = 0
     fraction: float = 0.0  # of the whole job, 0..1
     eta_seconds: float | None = None
+    seed: int | None = None  # the training seed of a student phase (JobSpec.seeds); None for job-wide phases
 
 
 class Callbacks:
@@ -27,7 +28,7 @@ class Callbacks:
         pass
 
     def on_epoch_end(self, phase: str, epoch: int, metrics: dict[str, float]) -> None:
-        """metrics: train_loss, val_acc, lr (and each named loss part)."""
+        """metrics: train_loss, val_acc, lr (and each named loss part); a student phase adds `seed`."""
 
     def on_log(self, message: str) -> None:
         pass

@@ -25,7 +25,8 @@ class ProgressBar(Callbacks):
         self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
 
     def on_progress(self, progress: Progress) -> None:
-        label = progress.phase if not progress.epochs else f"{progress.phase} {progress.epoch}/{progress.epochs}"
+        label = progress.phase if progress.seed is None else f"{progress.phase} (seed {progress.seed})"
+        label = label if not progress.epochs else f"{label} {progress.epoch}/{progress.epochs}"
         self.bar.set_description(label, refresh=False)
         self.bar.update(int(progress.fraction * 1000) - self.bar.n)
 
@@ -55,15 +56,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1
     bar.close()
-    for name in ("teacher", "student_baseline", "student_kd"):
-        if name in results:
-            block = results[name]
-            corrupted = block.get("corruption_acc")
-            print(f"{name:17s} clean {block['clean_acc']:.4f}"
-                  + (f"  corrupted {corrupted:.4f}" if corrupted is not None else "")
-                  + f"  params {block['params']:,}")
+    print_summary(results)
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
+
+
+def _stat(stats: dict | None, scale: float = 1.0) -> str:
+    """'mean' or 'mean ± half-width' (95% interval), or '-' when absent."""
+    if not stats or stats.get("mean") is None:
+        return "-"
+    text = f"{scale * stats['mean']:.4f}"
+    if stats.get("ci_half_width") is not None:
+        text += f" ± {scale * stats['ci_half_width']:.4f}"
+    return text
+
+
+def print_summary(results: dict) -> None:
+    """Per model: clean and corrupted accuracy (mean ± 95% half-width over seeds) and parameters."""
+    seeds = results.get("seeds", [])
+    print(f"seeds {seeds}; exported seed {results.get('exported_seed')}"
+          + ("; ± is the 95% interval over seeds" if len(seeds) > 1 else ""))
+    for name in ("teacher", "student_baseline", "student_kd"):
+        if name in results.get("summary", {}):
+            stats = results["summary"][name]
+            print(f"{name:17s} clean {_stat(stats.get('clean_acc')):17s} corrupted "
+                  f"{_stat(stats.get('corruption_acc')):17s} params {results[name]['params']:,}")
+    for metric, diff in results.get("kd_vs_baseline", {}).get("paired", {}).items():
+        p_value = diff.get("p_value")
+        print(f"kd - baseline {metric:14s} {_stat(diff)}" + (f"  p={p_value:.3g}" if p_value is not None else ""))
 
 
 def cmd_corruptions_grid(args: argparse.Namespace) -> int:

@@ -99,8 +99,9 @@ def model_report(
     latency: bool,
     calibration: bool,
 ) -> dict:
-    """The clean-data block of one model in results.json."""
-    from kdcore.robustness.metrics import expected_calibration_error, negative_log_likelihood
+    """The clean-data block of one model in results.json; with calibration, `reliability` holds the clean
+    reliability diagram and `corrupted` None (kdcore.pipeline fills it in from the corrupted cells)."""
+    from kdcore.robustness.metrics import ECE_BINS, confidence_bins, negative_log_likelihood
 
     logits = predict_logits(model, test_x, mean=mean, std=std, device=device)
     input_shape = tuple(test_x.shape[1:])
@@ -115,6 +116,8 @@ def model_report(
         "latency_ms": cpu_latency_ms(model, input_shape) if latency else None,
     }
     if calibration:
-        report["ece"] = expected_calibration_error(logits, test_y, n_bins=15)
+        bins = confidence_bins(logits, test_y, ECE_BINS)
+        report["ece"] = bins.ece()
         report["nll"] = negative_log_likelihood(logits, test_y)
+        report["reliability"] = {"bins": ECE_BINS, "clean": bins.reliability(), "corrupted": None}
     return report

@@ -8,9 +8,19 @@ the public vocabulary and a test keeps the two in step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DATASET_SOURCES = (
@@ -61,6 +71,9 @@ DistillMethod = Literal[DISTILL_METHODS]  # type: ignore[valid-type]
 CorruptionName = Literal[CORRUPTIONS]  # type: ignore[valid-type]
 ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
 Severity = Annotated[int, Field(ge=1, le=5)]
+MAX_SEED = 2**63 - 1  # every seed fits a signed 64-bit integer (torch, numpy, the database)
+MAX_SEEDS = 10
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class _Strict(BaseModel):
@@ -81,6 +94,10 @@ class DatasetSpec(_Strict):
     )
     image_size: int | None = Field(
         None, ge=8, le=512, description="resize images to this square size (default: as stored)"
+    )
+    split_seed: Seed = Field(
+        0, description="seeds the validation split and `subset`; not the training seed, so jobs that differ "
+        "only in training seeds see the same data and share a cached teacher",
     )
 
     @model_validator(mode="after")
@@ -120,7 +137,9 @@ class TrainRecipe(_Strict):
         "the data set's default, off for digits, mnist and svhn, on for the others",
     )
     augmix_jsd: bool = Field(False, description="add AugMix's Jensen-Shannon consistency loss")
-    seed: int = Field(0, ge=0)
+    seed: Seed = Field(
+        0, description="training seed (initialisation, data order, augmentation); JobSpec.seeds lists several"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
     )
@@ -274,7 +293,7 @@ class EvaluateSpec(_Strict):
         None, ge=1, description="evaluate corruptions on a class-balanced subset of N test images, drawn with "
         "the fixed seed 0 (the same images for every job and model)",
     )
-    seed: int = Field(0, ge=0, description="seed of the generated corruptions")
+    seed: Seed = Field(0, description="seed of the generated corruptions")
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="images per inference batch; default 64 on CPU (measured twice as "
         "fast as 1000 there), 1000 on CUDA",
@@ -320,6 +339,12 @@ class JobSpec(_Strict):
     student: StudentSpec
     distill: DistillSpec = Field(default_factory=DistillSpec)
     train: TrainRecipe = Field(default_factory=TrainRecipe, description="recipe for both students")
+    # After `train`: its validator reads the validated recipe.
+    seeds: list[Seed] | None = Field(
+        None, min_length=1, max_length=MAX_SEEDS,
+        description="training seeds: the students are trained once per seed and results give mean, spread and "
+        "95% intervals over them; default [train.seed]. Give either this or train.seed",
+    )
     baseline: bool = Field(True, description="also train the student without distillation")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     export: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
@@ -340,6 +365,32 @@ class JobSpec(_Strict):
             ]
         },
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_and_alone(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None:
+            return v
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must not repeat a seed")
+        train = info.data.get("train")
+        if train is not None and "seed" in train.model_fields_set:
+            raise ValueError("seeds and train.seed were both given: list every training seed in seeds and "
+                             "leave train.seed out")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A dumped spec must validate again (the API stores model_dump, the worker re-validates it): with
+        # seeds, train.seed is left out, as a user may not give both.
+        data = handler(self)
+        if self.seeds is not None and isinstance(data.get("train"), dict):
+            data["train"].pop("seed", None)
+        return data
+
+    def effective_seeds(self) -> list[int]:
+        """The training seeds, in order: `seeds`, or [train.seed] when seeds is not given."""
+        return list(self.seeds) if self.seeds is not None else [self.train.seed]
 
     @model_validator(mode="after")
     def _official_needs_cifar(self) -> JobSpec:

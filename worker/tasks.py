@@ -23,8 +23,8 @@ import billiard.process
 from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 
-from kdcore.artifacts import ARTIFACT_NAMES
 from kdcore.callbacks import Callbacks, Progress
+from kdcore.job_files import ARTIFACT_NAMES
 from kdservice.jobstore import JobStore
 from kdservice.queue import TASK_NAME, enqueue_job
 from kdservice.settings import Settings, get_settings

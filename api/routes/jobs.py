@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
-from kdcore.artifacts import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
+from kdcore.job_files import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
 from kdcore.spec import JobSpec
 from kdservice import jobstore
 from kdservice.queue import enqueue_job

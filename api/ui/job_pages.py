@@ -19,7 +19,7 @@ from api.ui import service, specform, views
 from api.ui.auth import PREFIX, PageOwner, PostOwner
 from api.ui.render import PageRoute, page, see_other
 from api.ui.streams import JobsEvents
-from kdcore.artifacts import REPORT
+from kdcore.job_files import REPORT
 from kdcore.spec import JobSpec
 from kdservice.states import JOB_STATES, TERMINAL_STATES
 from kdservice.tables import JobLog

@@ -2,7 +2,9 @@
 
 Decoding is cached on disk, keyed by a fingerprint of the source (see kdcore.data.cache); the cheap,
 seed-dependent steps run on every load, in this order: `subset` (seeded random N training images),
-then the validation split (stratified `val_fraction` of what is left, job seed), then `test_subset`.
+then the validation split (stratified `val_fraction` of what is left), then `test_subset`. Both seeded
+steps use `spec.split_seed`, never the training seed: jobs that differ only in training seeds get the
+same arrays, the same fingerprint, and so the same cached teacher and corrupted test sets.
 `test_subset` keeps a class-balanced subset of N test images drawn with the fixed SUBSET_SEED (the
 same images for every job: image folders store their test set grouped by class, so "the first N"
 would drop whole classes). `ImageData.test_index` says where each kept test image sits in the
@@ -43,7 +45,7 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, ...]  # per channel, [0, 1] scale, on train_x
     std: tuple[float, ...]
-    fingerprint: str  # source + every option that shapes the arrays above (seed included)
+    fingerprint: str  # source + every option that shapes the arrays above (split_seed included)
     test_index: torch.Tensor  # int64 (N_test,): position of each test image in the source's test split
     source: str  # dataset.source (it decides the default of train.flip)
 
@@ -158,10 +160,9 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def load_dataset(
-    spec: DatasetSpec, *, cache_dir: Path, seed: int, uploads_dir: Path | None = None
-) -> ImageData:
+def load_dataset(spec: DatasetSpec, *, cache_dir: Path, uploads_dir: Path | None = None) -> ImageData:
     """Load, split and describe the data set of `spec` (raises DataError for problems a user can fix)."""
+    seed = spec.split_seed
     (train_x, train_y, test_x, test_y, classes), source_fp = _decoded(spec, Path(cache_dir), uploads_dir)
     if spec.subset is not None:
         keep = random_subset(len(train_x), spec.subset, seed)

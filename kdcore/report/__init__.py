@@ -10,11 +10,11 @@ Importing this package does not import torch (the strip imports it when called).
 from kdcore.report.render import REPORT_FILE, render_report, write_report
 
 
-def corruption_strip_png(images_uint8, corruption_names, severity: int = 3, seed: int = 0) -> bytes:
+def corruption_strip_png(images_uint8, corruption_names, severity: int = 3, seed: int = 0, indices=None) -> bytes:
     """See kdcore.report.strip.corruption_strip_png."""
     from kdcore.report.strip import corruption_strip_png as make
 
-    return make(images_uint8, corruption_names, severity, seed)
+    return make(images_uint8, corruption_names, severity, seed, indices)
 
 
 __all__ = ["REPORT_FILE", "render_report", "write_report", "corruption_strip_png"]

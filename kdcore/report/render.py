@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from kdcore.job_files import REPORT as REPORT_FILE
 from kdcore.report import figures
 from kdcore.report.headline import headline
 from kdcore.report.plots import MODEL_LABEL, MODEL_STYLE
@@ -28,7 +29,6 @@ from kdcore.report.view import (
     summary_table,
 )
 
-REPORT_FILE = "report.html"
 NO_RATIO = "\u2014"  # a ratio with a zero denominator (null in results.json)
 
 # Autoescape everything: job names, class names and spec values come from users.

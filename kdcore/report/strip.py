@@ -9,12 +9,14 @@ STRIP_PANEL_PX = 64  # smaller than the grid's 96 px panels: the strip is one pi
 TOP_PX, RIGHT_PX, MARGIN_PX, DPI = 100, 110, 6, 100  # room for the title and the slanted column labels
 
 
-def corruption_strip_png(images_uint8, corruption_names: Sequence[str], severity: int = 3, seed: int = 0) -> bytes:
+def corruption_strip_png(images_uint8, corruption_names: Sequence[str], severity: int = 3, seed: int = 0,
+                         indices=None) -> bytes:
     """PNG bytes: one row per image (N, C, H, W uint8, a tensor or array; pass a few, e.g. the first 3 test
     images), a "clean" column, then one column per corruption at `severity`.
 
-    Image i is corrupted as evaluation corrupts test image i (kdcore.robustness.corrupt with index i and
-    `seed`), so with the first test images and evaluate.seed the strip shows what the models were scored on.
+    Image i is corrupted as evaluation corrupts the test image at position indices[i] of the test split
+    (default: i), with `seed`: given ImageData.test_index of the images and evaluate.seed, the strip shows
+    exactly what the models were scored on.
     """
     import matplotlib
     import torch
@@ -29,7 +31,7 @@ def corruption_strip_png(images_uint8, corruption_names: Sequence[str], severity
     if not corruption_names:
         raise ValueError("corruption_strip_png needs at least one corruption")
     images = images.cpu()
-    indices = torch.arange(len(images))
+    indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices).cpu()
     columns = [images] + [corrupt(images, name, severity, seed=seed, indices=indices) for name in corruption_names]
     rows = [[column[i] for column in columns] for i in range(len(images))]
     scale = max(1, STRIP_PANEL_PX // max(images.shape[-2:]))

@@ -24,7 +24,8 @@ from kdcore.data.splits import SUBSET_SEED, balanced_subset
 from kdcore.errors import Cancelled, DataError
 from kdcore.evaluate import predict_logits
 from kdcore.robustness.metrics import (
-    expected_calibration_error,
+    ConfidenceBins,
+    confidence_bins,
     negative_log_likelihood,
     summarize_accuracies,
 )
@@ -117,11 +118,12 @@ def evaluate_robustness(
     on_cell: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict]:
     """{model_name: block} with corruption_acc, mce, per_corruption, per_severity, clean_acc,
-    clean_acc_same_images, robustness_retention, corrupted_ece, corrupted_nll (None when
-    spec.calibration is off), source and n_images (images per cell). test_x is uint8 (N, C, H, W);
-    test_index (default 0..N-1) is each image's position in the source's test split (ImageData.test_index):
-    it seeds the generated corruptions and picks the official arrays' images. Models are moved to device
-    and put in eval mode. Raises Cancelled when should_cancel() is true between cells.
+    clean_acc_same_images, robustness_retention, corrupted_ece, corrupted_nll, corrupted_reliability (the
+    reliability diagram of every corrupted image; these three None when spec.calibration is off), source
+    and n_images (images per cell). test_x is uint8 (N, C, H, W); test_index (default 0..N-1) is each
+    image's position in the source's test split (ImageData.test_index): it seeds the generated corruptions
+    and picks the official arrays' images. Models are moved to device and put in eval mode. Raises
+    Cancelled when should_cancel() is true between cells.
     """
     names = spec.corruption_names()
     if not names or not models:
@@ -146,6 +148,7 @@ def evaluate_robustness(
     acc = {m: {c: {} for c in names} for m in models}
     ece = {m: [] for m in models}
     nll = {m: [] for m in models}
+    pooled: dict[str, ConfidenceBins | None] = {m: None for m in models}
     for done, (name, severity) in enumerate(cells):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -162,8 +165,10 @@ def evaluate_robustness(
             logits = predict_logits(model, x, mean=mean, std=std, device=device, batch_size=spec.batch_size)
             acc[model_name][name][severity] = float((logits.argmax(1) == y).float().mean())
             if spec.calibration:
-                ece[model_name].append(expected_calibration_error(logits, y))
+                bins = confidence_bins(logits, y)
+                ece[model_name].append(bins.ece())
                 nll[model_name].append(negative_log_likelihood(logits, y))
+                pooled[model_name] = bins if pooled[model_name] is None else pooled[model_name] + bins
         if on_cell is not None:
             on_cell(done + 1, len(cells))
 
@@ -177,6 +182,7 @@ def evaluate_robustness(
         # Every cell has n_images images, so the mean of per-cell NLLs is the per-image mean.
         block["corrupted_ece"] = sum(ece[model_name]) / len(cells) if spec.calibration else None
         block["corrupted_nll"] = sum(nll[model_name]) / len(cells) if spec.calibration else None
+        block["corrupted_reliability"] = pooled[model_name].reliability() if spec.calibration else None
         blocks[model_name] = block
     return blocks
 

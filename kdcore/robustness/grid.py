@@ -104,7 +104,7 @@ def grid_from_dataset_spec(
 ) -> Path:
     """Render test image `index` of the data set named by a JSON file (a JobSpec or a DatasetSpec).
 
-    A JobSpec also gives the data seed (train.seed) and the corruption seed (evaluate.seed).
+    A JobSpec also gives the split seed (dataset.split_seed) and the corruption seed (evaluate.seed).
     cache_dir defaults to ~/.cache/kd, as for the data sets themselves.
     """
     from kdcore.data import load_dataset
@@ -113,11 +113,11 @@ def grid_from_dataset_spec(
     raw = json.loads(Path(spec_path).read_text())
     if isinstance(raw, dict) and "dataset" in raw:
         job = JobSpec.model_validate(raw)
-        dataset, data_seed, corruption_seed = job.dataset, job.train.seed, job.evaluate.seed
+        dataset, corruption_seed = job.dataset, job.evaluate.seed
     else:
-        dataset, data_seed, corruption_seed = DatasetSpec.model_validate(raw), 0, 0
+        dataset, corruption_seed = DatasetSpec.model_validate(raw), 0
     cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "kd"
-    data = load_dataset(dataset, cache_dir=cache, seed=data_seed)
+    data = load_dataset(dataset, cache_dir=cache)
     if not 0 <= index < len(data.test_x):
         raise DataError(f"index {index} is outside the test split (0..{len(data.test_x) - 1})")
     label = data.classes[int(data.test_y[index])]

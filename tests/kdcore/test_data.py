@@ -23,7 +23,8 @@ from tests.paths import CIFAR_TARBALL
 
 
 def _load(tmp_path: Path, seed: int = 0, uploads_dir: Path | None = None, **spec):
-    return load_dataset(DatasetSpec(**spec), cache_dir=tmp_path / "cache", seed=seed, uploads_dir=uploads_dir)
+    spec = DatasetSpec(split_seed=seed, **spec)
+    return load_dataset(spec, cache_dir=tmp_path / "cache", uploads_dir=uploads_dir)
 
 
 def _rows(x: torch.Tensor) -> Counter:
@@ -67,7 +68,7 @@ def test_digits_shapes_classes_and_partition(tmp_path):
     assert data.std[0] == pytest.approx(train.std().item(), rel=1e-3)
 
 
-def test_digits_test_set_is_fixed_and_val_follows_the_seed(tmp_path):
+def test_digits_test_set_is_fixed_and_val_follows_the_split_seed(tmp_path):
     a, b = _load(tmp_path, seed=0, source="digits"), _load(tmp_path, seed=1, source="digits")
     assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
     assert not torch.equal(a.val_y, b.val_y) or not torch.equal(a.val_x, b.val_x)
@@ -155,7 +156,7 @@ def test_grayscale_folder_stays_one_channel_and_splits_20_percent(tmp_path):
     all_x = torch.cat([data.train_x, data.val_x, data.test_x])
     assert any(torch.equal(img[0], torch.from_numpy(expected)) for img in all_x)
     again = _load(tmp_path, seed=7, source="imagefolder", root=str(root))
-    assert torch.equal(again.test_x, data.test_x)  # the test split does not follow the job seed
+    assert torch.equal(again.test_x, data.test_x)  # the test split does not follow the split seed
 
 
 def test_one_colour_image_makes_the_set_rgb(tmp_path):

@@ -73,7 +73,7 @@ def test_resume_after_stop_matches_straight_run(tmp_path: Path, cache_dir: Path)
     stopper = StopAfterEpoch("distilling", 1)
     with pytest.raises(Cancelled):
         run(spec, tmp_path / "resumed", stopper, cache_dir=cache_dir, device="cpu")
-    assert (tmp_path / "resumed" / "checkpoints" / "distilling.pt").exists()
+    assert (tmp_path / "resumed" / "checkpoints" / "seed-0-distilling.pt").exists()
     logs = StopAfterEpoch("never", 0)
     resumed = run(spec, tmp_path / "resumed", logs, cache_dir=cache_dir, device="cpu")
     assert any("resumed from checkpoint after epoch 1" in m for m in logs.logs)
@@ -120,12 +120,14 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
     assert results["student_kd"]["params"] <= results["teacher"]["params"] / 3
     assert {"mce_vs_baseline", "ce_vs_baseline", "relative_mce_vs_baseline"} <= set(results["kd_vs_baseline"])
     assert results["formulas"] and results["environment"]["torch"] == torch.__version__
+    assert results["seeds"] == [0] and results["exported_seed"] == 0 and len(results["runs"]) == 1
+    assert results["summary"]["student_kd"]["clean_acc"]["ci95"] is None  # one seed: no interval
     for artifact in ("student.safetensors", "student.onnx", "student.ts", "teacher.safetensors"):
         assert (out / artifact).stat().st_size > 0
 
     # The downloaded weights, loaded into the registered arch, reproduce the reported accuracy exactly.
     spec = JobSpec.model_validate(results["spec"])
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir)
     model = build_model(spec.student.arch, data.num_classes, data.in_channels, data.image_size)
     model.load_state_dict(load_file(str(out / "student.safetensors")))
     logits = predict_logits(model, data.test_x, mean=data.mean, std=data.std, device=torch.device("cpu"))
@@ -147,7 +149,7 @@ def test_compiled_training_keeps_plain_weights_and_learns_like_eager(tmp_path: P
     eager = run(JobSpec.model_validate(TINY), tmp_path / "eager", cache_dir=cache_dir, device="cpu")
     weights = _weights(tmp_path / "compiled" / "student.safetensors")
     spec = JobSpec.model_validate(compiled_spec)
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir)
     model = build_model(spec.student.arch, data.num_classes, data.in_channels, data.image_size)
     assert set(weights) == set(model.state_dict())  # no "_orig_mod." prefixes
     model.load_state_dict(weights)
@@ -187,12 +189,13 @@ def test_a_later_job_reuses_the_teacher_trained_on_the_same_data_and_recipe(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert second["teacher"]["clean_acc"] == first["teacher"]["clean_acc"]
     assert second["teacher"]["history"] == first["teacher"]["history"]
-    # Another recipe, or reuse switched off, trains a teacher of its own.
-    variants = ({**TINY["teacher"], "train": {**TINY["teacher"]["train"], "lr": 0.05}},
-                {**TINY["teacher"], "reuse": False})
+    # Another recipe, reuse switched off, or another data split trains a teacher of its own.
+    variants = ({"teacher": {**TINY["teacher"], "train": {**TINY["teacher"]["train"], "lr": 0.05}}},
+                {"teacher": {**TINY["teacher"], "reuse": False}},
+                {"dataset": {**TINY["dataset"], "split_seed": 1}})
     for i, variant in enumerate(variants):
         logs = LogLines()
-        third = run(JobSpec.model_validate({**TINY, "teacher": variant}), tmp_path / f"variant{i}", logs,
+        third = run(JobSpec.model_validate({**TINY, **variant}), tmp_path / f"variant{i}", logs,
                     cache_dir=cache, device="cpu")
         assert not any("reused the teacher" in m for m in logs.logs) and "training_teacher" in third["timings"]
     # A damaged cache entry is not trusted: the teacher is trained again and the entry rewritten.

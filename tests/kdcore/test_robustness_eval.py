@@ -36,6 +36,17 @@ def _reference_logits(model, x_uint8):
         return model.eval()(x)
 
 
+def _reliability_by_hand(logits, labels, bins=15):
+    """Equal-width (lo, hi] bins over max-softmax confidence, in numpy."""
+    probs = torch.softmax(logits.double(), 1).numpy()
+    conf, right = probs.max(1), probs.argmax(1) == labels.numpy()
+    index = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    count = [int((index == b).sum()) for b in range(bins)]
+    return {"count": count,
+            "confidence": [float(conf[index == b].mean()) if count[b] else None for b in range(bins)],
+            "accuracy": [float(right[index == b].mean()) if count[b] else None for b in range(bins)]}
+
+
 def _run(tmp_path, spec, models, x, y, **kwargs):
     return evaluate_robustness(
         models, x, y, mean=MEAN, std=STD, spec=spec, device="cpu", cache_dir=tmp_path / "cache",
@@ -58,11 +69,12 @@ def test_blocks_match_a_hand_written_evaluation(tmp_path):
     chosen = balanced_subset(y, 11, SUBSET_SEED)
     assert sorted(set(y[chosen].tolist())) == list(range(10))  # first-11 would be the same here; see below
     for name, model in models.items():
-        block, accs, eces, nlls = blocks[name], [], [], []
+        block, accs, eces, nlls, all_logits = blocks[name], [], [], [], []
         for c in CELLS["corruptions"]:
             for s in CELLS["severities"]:
                 cell = corrupt(x[chosen], c, s, seed=0, indices=test_index[chosen])
                 logits = _reference_logits(model, cell)
+                all_logits.append(logits)
                 acc = float((logits.argmax(1) == y[chosen]).float().mean())
                 assert block["per_corruption"][c][str(s)] == pytest.approx(acc)
                 accs.append(acc)
@@ -76,6 +88,11 @@ def test_blocks_match_a_hand_written_evaluation(tmp_path):
         assert block["robustness_retention"] == pytest.approx(np.mean(accs) / same)
         assert block["corrupted_ece"] == pytest.approx(np.mean(eces), abs=1e-5)
         assert block["corrupted_nll"] == pytest.approx(np.mean(nlls), rel=1e-4)
+        # The reliability diagram pools every corrupted image of every cell.
+        by_hand = _reliability_by_hand(torch.cat(all_logits), y[chosen].repeat(len(all_logits)))
+        assert block["corrupted_reliability"]["count"] == by_hand["count"] and sum(by_hand["count"]) == 44
+        for key in ("confidence", "accuracy"):
+            assert block["corrupted_reliability"][key] == pytest.approx(by_hand[key], abs=1e-5)
         assert block["source"] == GENERATED_SOURCE and block["n_images"] == 11
         assert set(block["per_severity"]) == {"2", "5"}
 
@@ -128,6 +145,7 @@ def test_no_corruptions_and_no_calibration(tmp_path):
     spec = EvaluateSpec(**CELLS, max_images=4, calibration=False)
     block = _run(tmp_path, spec, {"m": _model(0)}, x, y)["m"]
     assert block["corrupted_ece"] is None and block["corrupted_nll"] is None
+    assert block["corrupted_reliability"] is None
 
 
 def _official_folder(root, test_y, per_severity):

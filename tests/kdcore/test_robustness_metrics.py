@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from kdcore.robustness.metrics import (
+    ECE_BINS,
     FORMULAS,
+    RELATIVE_CE_MIN_DEGRADATION,
     compare_to_baseline,
+    confidence_bins,
     expected_calibration_error,
     negative_log_likelihood,
     summarize_accuracies,
@@ -53,6 +56,8 @@ def test_compare_to_baseline_hand_computed():
         {"gaussian_noise": (0.6 - 0.1) / (0.8 - 0.2), "fog": (0.4 - 0.1) / (0.3 - 0.2)}
     )
     assert out["relative_mce_vs_baseline_mean"] == pytest.approx((5 / 6 + 3.0) / 2)
+    assert out["relative_mce_vs_baseline_terms"] == 2
+    assert out["relative_mce_vs_baseline_undefined"] == {} and out["relative_mce_vs_baseline_negative"] == {}
     assert out["clean_acc_delta"] == pytest.approx(0.05)
     assert out["corruption_acc_delta"] == pytest.approx(0.75 - 0.725)
     assert out["teacher_retention"]["student_kd"] == pytest.approx(
@@ -71,8 +76,9 @@ def test_zero_denominators_give_null():
     out = compare_to_baseline(kd, base, {"clean_acc": 0.0, "corruption_acc": 0.0})
     assert out["ce_vs_baseline"]["fog"] is None and out["ce_vs_baseline"]["snow"] == pytest.approx(1.0)
     assert out["mce_vs_baseline"] is None
-    assert out["relative_mce_vs_baseline"]["snow"] is None
-    assert out["relative_mce_vs_baseline_mean"] is None
+    assert out["relative_mce_vs_baseline"] == {"fog": None, "snow": None}  # denominators -1.0 and 0
+    assert set(out["relative_mce_vs_baseline_undefined"]) == {"fog", "snow"}
+    assert out["relative_mce_vs_baseline_mean"] is None and out["relative_mce_vs_baseline_terms"] == 0
     assert out["teacher_retention"]["student_kd"] == {"clean": None, "corrupted": None}
     assert compare_to_baseline(kd, base, None)["teacher_retention"]["student_baseline"]["clean"] is None
 
@@ -124,7 +130,56 @@ def test_relative_ce_uses_the_clean_accuracy_of_the_corrupted_images_when_known(
     kd, base = _block(KD_ACC, 0.95), _block(BASE_ACC, 0.90)
     kd["clean_acc_same_images"], base["clean_acc_same_images"] = 0.85, 0.80  # errors 0.15 and 0.20
     out = compare_to_baseline(kd, base)
-    assert out["relative_mce_vs_baseline"] == pytest.approx(
-        {"gaussian_noise": (0.6 - 0.3) / (0.8 - 0.4), "fog": (0.4 - 0.3) / (0.3 - 0.4)}
-    )
+    # fog: the baseline's corrupted errors 0.1 + 0.2 are below twice its clean error 0.2: undefined.
+    assert out["relative_mce_vs_baseline"] == pytest.approx({"gaussian_noise": (0.6 - 0.3) / (0.8 - 0.4),
+                                                             "fog": None})
+    assert "-5.00 points per severity" in out["relative_mce_vs_baseline_undefined"]["fog"]
+    assert out["relative_mce_vs_baseline_mean"] == pytest.approx(0.75)
+    assert out["relative_mce_vs_baseline_terms"] == 1
     assert out["clean_acc_delta"] == pytest.approx(0.05)  # still the whole test set's clean accuracy
+
+
+def test_relative_ce_needs_the_baseline_to_degrade_by_a_point_per_severity():
+    # Baseline clean 0.90 (error 0.10); severities 1, 2. Under fog it loses 0.5 point per severity on
+    # average (errors 0.10 and 0.11: 0.01 over two severities), under snow 2 points (0.12, 0.12).
+    base = _block({"fog": {1: 0.90, 2: 0.89}, "snow": {1: 0.88, 2: 0.88}, "blur": {1: 0.7, 2: 0.5}}, 0.90)
+    # KD clean 0.80 (error 0.20): snow errors 0.21 + 0.23, blur errors 0.15 + 0.17, below its clean error.
+    kd = _block({"fog": {1: 0.75, 2: 0.7}, "snow": {1: 0.79, 2: 0.77}, "blur": {1: 0.85, 2: 0.83}}, 0.80)
+    out = compare_to_baseline(kd, base)
+    assert RELATIVE_CE_MIN_DEGRADATION == 0.01
+    assert out["relative_mce_vs_baseline"]["fog"] is None
+    assert "+0.50 points per severity" in out["relative_mce_vs_baseline_undefined"]["fog"]
+    assert out["relative_mce_vs_baseline"]["snow"] == pytest.approx((0.44 - 0.4) / (0.24 - 0.2))
+    blur = (0.32 - 0.4) / (0.8 - 0.2)
+    assert out["relative_mce_vs_baseline"]["blur"] == pytest.approx(blur) and blur < 0
+    assert "left out of the mean" in out["relative_mce_vs_baseline_negative"]["blur"]
+    assert set(out["relative_mce_vs_baseline_negative"]) == {"blur"}
+    # The mean averages snow alone and says so; the negative and the undefined term are not in it.
+    assert out["relative_mce_vs_baseline_mean"] == pytest.approx(1.0)
+    assert out["relative_mce_vs_baseline_terms"] == 1
+    json.dumps(out, allow_nan=False)
+
+
+def test_confidence_bins_hand_computed_and_ece_comes_from_them():
+    # Confidences 0.9, 0.9, 0.9 (bin 13: (13/15, 14/15]), 0.7 (bin 10: (10/15, 11/15]); two right in bin 13.
+    logits = _logits_for([0.9, 0.9, 0.9, 0.7])
+    labels = torch.tensor([0, 0, 1, 0])
+    diagram = confidence_bins(logits, labels).reliability()
+    assert diagram["count"] == [0] * 10 + [1, 0, 0, 3, 0]
+    assert diagram["confidence"][13] == pytest.approx(0.9) and diagram["confidence"][10] == pytest.approx(0.7)
+    assert diagram["accuracy"][13] == pytest.approx(2 / 3) and diagram["accuracy"][10] == 1.0
+    assert all(diagram["accuracy"][b] is None and diagram["confidence"][b] is None for b in range(10))
+    expected = (3 * abs(2 / 3 - 0.9) + abs(1.0 - 0.7)) / 4
+    assert expected_calibration_error(logits, labels) == pytest.approx(expected, abs=1e-6)
+    assert len(diagram["count"]) == ECE_BINS
+
+
+def test_pooled_bins_equal_the_bins_of_all_images():
+    gen = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(300, 10, generator=gen) * 3, torch.randint(0, 10, (300,), generator=gen)
+    pooled = confidence_bins(logits[:100], labels[:100]) + confidence_bins(logits[100:], labels[100:])
+    whole = confidence_bins(logits, labels)
+    assert pooled.reliability()["count"] == whole.reliability()["count"]
+    assert pooled.reliability()["accuracy"] == pytest.approx(whole.reliability()["accuracy"])
+    assert pooled.ece() == pytest.approx(expected_calibration_error(logits, labels))
+    assert sum(whole.reliability()["count"]) == 300

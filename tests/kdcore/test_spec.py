@@ -52,6 +52,15 @@ BAD_SPECS = [
     ("bad optimizer", "train.optimizer", "lbfgs", "train.optimizer", "adamw"),
     ("val_fraction 0", "dataset.val_fraction", 0, "dataset.val_fraction", "greater than 0"),
     ("alpha with kd_weight", "distill.kd_weight", 9.0, "distill.alpha", "not both"),
+    ("no seeds", "seeds", [], "seeds", "at least 1"),
+    ("eleven seeds", "seeds", list(range(11)), "seeds", "at most 10"),
+    ("repeated seed", "seeds", [3, 3], "seeds", "repeat"),
+    ("negative seed", "seeds", [-1], "seeds", "greater than or equal to 0"),
+    ("seed beyond int64", "seeds", [2**63], "seeds", "less than or equal to 9223372036854775807"),
+    ("seeds and train.seed", "train.seed", 0, "seeds", "train.seed"),
+    ("train.seed beyond int64", "train.seed", 2**63, "train.seed", "less than or equal to"),
+    ("evaluate.seed beyond int64", "evaluate.seed", 2**63, "evaluate.seed", "less than or equal to"),
+    ("negative split_seed", "dataset.split_seed", -1, "dataset.split_seed", "greater than or equal to 0"),
 ]
 
 
@@ -86,6 +95,19 @@ def test_bad_spec_names_the_field(what: str, path: str, value, field: str, word:
     locations = [".".join(str(p) for p in e["loc"]) for e in errors]
     assert any(loc.startswith(field) for loc in locations), (what, locations)
     assert word in str(info.value), (what, str(info.value))
+
+
+def test_seeds_default_to_train_seed_and_a_dumped_spec_validates_again() -> None:
+    single = {k: v for k, v in GOOD.items() if k != "seeds"}
+    assert JobSpec.model_validate(single).effective_seeds() == [0]
+    assert JobSpec.model_validate(_with("train.seed", 7) | {"seeds": None}).effective_seeds() == [7]
+    spec = JobSpec.model_validate(_with("seeds", [5, 2**63 - 1, 0]))
+    assert spec.effective_seeds() == [5, 2**63 - 1, 0]  # the order given
+    # The API stores model_dump and the worker validates it again: with seeds, train.seed is left out.
+    dumped = spec.model_dump(mode="json")
+    assert "seed" not in dumped["train"] and dumped["seeds"] == [5, 2**63 - 1, 0]
+    assert JobSpec.model_validate(dumped) == spec
+    assert JobSpec.model_validate(single).model_dump(mode="json")["train"]["seed"] == 0
 
 
 def test_defaults_follow_design() -> None:
