@@ -11,8 +11,6 @@ ui-job.png (the job page, 1280 px wide) and report.png (its report.html). Nothin
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -27,11 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from kdcore.artifacts import REPORT, RESULTS  # noqa: E402
 from kdservice.db import make_engine, make_sessionmaker, upgrade_database  # noqa: E402
 from kdservice.security import create_api_key  # noqa: E402
 from kdservice.settings import Settings  # noqa: E402
-from kdservice.tables import Artifact  # noqa: E402
 
 VIEWPORT = {"width": 1280, "height": 1000}
 JOB_TIMEOUT_MS = 900_000
@@ -54,21 +50,7 @@ def wait_healthy(url: str, timeout: float = 60) -> None:
     raise RuntimeError("the API did not start")
 
 
-def add_report_if_missing(settings: Settings, job_id: str) -> None:
-    """Until kdcore.run writes report.html itself: render it from the job's results.json (kdcore.report),
-    and record it as the worker records artifacts."""
-    from kdcore.report import write_report
-
-    job_dir = settings.job_dir(job_id)
-    if (job_dir / REPORT).is_file():
-        return
-    path = write_report(json.loads((job_dir / RESULTS).read_text()), job_dir)
-    with make_sessionmaker(make_engine(settings.database_url)).begin() as session:
-        session.add(Artifact(job_id=job_id, name=REPORT, size=path.stat().st_size,
-                             sha256=hashlib.sha256(path.read_bytes()).hexdigest(), path=str(path)))
-
-
-def take(url: str, key: str, settings: Settings, out: Path) -> None:
+def take(url: str, key: str, out: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     chromium = os.environ.get("KD_CHROMIUM") or shutil.which("chromium")
@@ -87,8 +69,6 @@ def take(url: str, key: str, settings: Settings, out: Path) -> None:
         page.wait_for_url("**/ui/jobs/*")
         job_id = page.url.rsplit("/", 1)[1]
         expect(page.locator("#job-status [data-field=state]")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
-        add_report_if_missing(settings, job_id)
-        page.reload()
         page.locator("iframe.report").wait_for()
         page.wait_for_timeout(500)
         page.screenshot(path=out / "ui-job.png")
@@ -116,7 +96,7 @@ def main() -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url)
-            take(url, key, settings, args.out)
+            take(url, key, args.out)
         finally:
             for proc in procs:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -65,15 +65,16 @@ class SpecForm:
 
 
 def examples() -> dict[str, dict[str, Any]]:
-    """{file stem: spec} of examples/*.json, sorted by name (files that are not JSON objects are left out)."""
+    """{name: spec} of the specs under examples/ ("digits-kd", "published/cifar100-..."): the path without
+    .json, top folder first; files that are not JSON objects are left out."""
     found = {}
-    for path in sorted(EXAMPLES_DIR.glob("*.json")):
+    for path in sorted(EXAMPLES_DIR.rglob("*.json"), key=lambda p: (len(p.relative_to(EXAMPLES_DIR).parts), p)):
         try:
             spec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(spec, dict):
-            found[path.stem] = spec
+            found[path.relative_to(EXAMPLES_DIR).with_suffix("").as_posix()] = spec
     return found
 
 

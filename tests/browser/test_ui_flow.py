@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Page, expect
+from sqlalchemy import delete
 
-from kdcore.artifacts import REPORT, RESULTS
-from kdcore.report import write_report
+from kdcore.job_files import REPORT
 from kdservice.db import make_engine, make_sessionmaker
 from kdservice.summaries import format_spread
 from kdservice.tables import Artifact
@@ -55,14 +55,11 @@ def base_url(service: Service) -> str:
 
 
 # Every value the job page's progress bar takes (the status section may be re-rendered in place).
-def add_report_as_the_pipeline_will(service: Service, job_id: str) -> None:
-    """Stand-in until kdcore.run writes report.html itself: render it from the job's own results.json with
-    kdcore.report, and record its artifact row as the worker records the others (worker.tasks)."""
-    job_dir = service.var_dir / "jobs" / job_id
-    path = write_report(json.loads((job_dir / RESULTS).read_text()), job_dir)
+def forget_report(service: Service, job_id: str) -> None:
+    """Make a job look like one finished before jobs wrote report.html: no file, no artifact row."""
+    (service.var_dir / "jobs" / job_id / REPORT).unlink()
     with make_sessionmaker(make_engine(service.env["KD_DATABASE_URL"])).begin() as session:
-        session.add(Artifact(job_id=job_id, name=REPORT, size=path.stat().st_size,
-                             sha256=hashlib.sha256(path.read_bytes()).hexdigest(), path=str(path)))
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == REPORT))
 
 
 RECORD_PROGRESS = """() => {
@@ -103,17 +100,13 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     assert page.evaluate("window.sameDocument") is True
     assert len({v for v in seen if 0 < v < 1}) >= 2, seen
 
-    # Results and downloads, swapped in once the job succeeded (still the same document).
-    job = service.job(first)
+    # The report (sandboxed: no script, nothing fetched) and the downloads, swapped in once the job
+    # succeeded, still in the same document.
     artifacts = service.http.get(f"/v1/jobs/{first}/artifacts").json()["items"]
+    assert REPORT in [a["name"] for a in artifacts]
     results = page.locator("#job-results")
-    assert REPORT not in [a["name"] for a in artifacts], "the pipeline writes report.html now: drop the stand-in"
-    table = results.locator("table.summary")  # no report.html: the summary of results_summary instead
-    expect(table.locator("thead th")).to_have_text(["metric", "teacher", "baseline", "distilled"])
-    summary = job["results_summary"]
-    clean = [format_spread(summary[m]["clean_acc"]) for m in ("teacher", "student_baseline", "student_kd")]
-    expect(table.locator("tbody tr").first.locator("td")).to_have_text(clean)
-    assert all(text.endswith("(n=1)") for text in clean)
+    expect(results.locator("iframe.report")).to_have_attribute("sandbox", "")
+    expect(page.frame_locator("iframe.report").locator("h1")).to_contain_text("digits-ui")
     downloads = results.locator("table.downloads a")
     expect(downloads).to_have_text([a["name"] for a in artifacts])
     student = next(a for a in artifacts if a["name"] == "student.safetensors")
@@ -122,22 +115,12 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     expect(page.get_by_role("button", name="Delete job")).to_be_visible()
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
     assert page.evaluate("window.sameDocument") is True
-    check_and_capture(page, "ui-job-succeeded")
-
-    # With report.html among the artifacts, the page shows it, sandboxed (no script, nothing fetched).
-    add_report_as_the_pipeline_will(service, first)
-    page.reload()
-    frame = page.locator("iframe.report")
-    expect(frame).to_have_attribute("sandbox", "")
-    expect(page.frame_locator("iframe.report").locator("h1")).to_contain_text("digits-ui")
-    expect(results.locator("table.downloads a", has_text=REPORT)).to_be_visible()
-    check_and_capture(page, "ui-job-report", full_page=False)
+    check_and_capture(page, "ui-job-succeeded", full_page=False)
     response = page.goto(f"/ui/jobs/{first}/report")
     assert response is not None and "sandbox" in response.headers["content-security-policy"]
     expect(page.locator("h1")).to_contain_text("digits-ui")
     screenshot(page, "ui-report", full_page=False)
     screenshot(page, "ui-report-phone", PHONE, full_page=False)
-    page.go_back()
 
     # The jobs list follows the second job live, then compares the two.
     page.get_by_role("link", name="Jobs", exact=True).click()
@@ -161,9 +144,19 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     expect(chart).to_have_accessible_name(re.compile(r"digits-ui-t2 .*digits-ui |digits-ui .*digits-ui-t2 "))
     check_and_capture(page, "ui-compare")
 
-    # Delete the second job from its page, then sign out.
-    page.once("dialog", lambda dialog: dialog.accept())
+    # A job without report.html (finished before jobs wrote one) shows its results_summary as a table.
+    forget_report(service, second)
     page.goto(f"/ui/jobs/{second}")
+    table = page.locator("#job-results table.summary")
+    expect(table.locator("thead th")).to_have_text(["metric", "teacher", "baseline", "distilled"])
+    summary = service.job(second)["results_summary"]
+    clean = [format_spread(summary[m]["clean_acc"]) for m in ("teacher", "student_baseline", "student_kd")]
+    expect(table.locator("tbody tr").first.locator("td")).to_have_text(clean)
+    assert all(text.endswith("(n=1)") for text in clean)
+    check_and_capture(page, "ui-job-no-report")
+
+    # Delete that job from its page, then sign out.
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete job").click()
     expect(page).to_have_url(re.compile(r"/ui/jobs$"))
     expect(page.locator(f"#job-{second}")).to_have_count(0)
