@@ -121,6 +121,7 @@ def test_submit_watch_results_compare_and_sign_out(page: Page, page_watch: PageW
     expect(page.locator("h1")).to_contain_text("digits-ui")
     screenshot(page, "ui-report", full_page=False)
     screenshot(page, "ui-report-phone", PHONE, full_page=False)
+    page.go_back()
 
     # The jobs list follows the second job live, then compares the two.
     page.get_by_role("link", name="Jobs", exact=True).click()
