@@ -120,11 +120,7 @@ def _kind_of(value: Any, options: list[str]) -> str:
 def _shown(value: Any, kind: str) -> str:
     if kind == "bool":
         return "true" if value else ""
-    if kind in ("text", "select"):
-        return str(value)
-    if kind == "number":
-        return json.dumps(value)
-    return json.dumps(value)
+    return str(value) if kind in ("text", "select") else json.dumps(value)
 
 
 def _make_field(path: tuple[str, ...], kind: str, value: str) -> Field:
