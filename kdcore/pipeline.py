@@ -29,6 +29,7 @@ from kdcore.export import (
 )
 from kdcore.models import build_model
 from kdcore.robustness import FORMULAS, compare_to_baseline, evaluate_robustness
+from kdcore.robustness.official import official_folder
 from kdcore.settings import default_cache_dir, library_settings
 from kdcore.spec import DistillSpec, JobSpec, TrainRecipe
 from kdcore.teacher_cache import load_cached_teacher, store_teacher, teacher_key
@@ -108,10 +109,16 @@ def run(
     cache_dir: Path | None = None,
     uploads_dir: Path | None = None,
     weights_dir: Path | None = None,
+    data_dir: Path | None = None,
     device: str | None = None,
 ) -> dict:
-    """Run a whole job; returns the results dict also written to out_dir/results.json."""
+    """Run a whole job; returns the results dict also written to out_dir/results.json.
+
+    data_dir: where built-in sources (cifar10, ...) and the official CIFAR-10-C/100-C arrays are read
+    when the spec names no folder (the service passes KD_DATA_DIR; its specs never name one)."""
     callbacks = callbacks or Callbacks()
+    if spec.evaluate.source == "official":  # a missing folder fails now, not after hours of training
+        official_folder(spec.evaluate.official_root, data_dir, num_classes=10)
     if library_settings().torch_threads:
         torch.set_num_threads(library_settings().torch_threads)
     out_dir = Path(out_dir)
@@ -125,7 +132,8 @@ def run(
 
     started = time.perf_counter()
     callbacks.on_progress(Progress(phase="preparing_data"))
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed, uploads_dir=uploads_dir)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed, uploads_dir=uploads_dir,
+                        data_dir=data_dir)
     timings["preparing_data"] = time.perf_counter() - started
     callbacks.on_log(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
@@ -197,7 +205,8 @@ def run(
             timings[phase] = time.perf_counter() - t0
         models[name] = model
 
-    results = evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks, tracker, timings)
+    results = evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks, tracker, timings,
+                           data_dir)
 
     t0 = time.perf_counter()
     callbacks.on_progress(Progress(phase="exporting", fraction=1.0))
@@ -218,7 +227,8 @@ def run(
     return results
 
 
-def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks, tracker, timings) -> dict:
+def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks, tracker, timings,
+                 data_dir=None) -> dict:
     """Clean and corrupted metrics for every model, on weights reloaded from the exported files."""
     t0 = time.perf_counter()
     tracker.report("evaluating", 0.0)
@@ -246,7 +256,7 @@ def evaluate_all(spec, data, out_dir, models, phases, dev, cache_dir, callbacks,
         total_cells = len(names) * len(spec.evaluate.severities)
         robust = evaluate_robustness(
             reloaded, data.test_x, data.test_y, mean=data.mean, std=data.std, spec=spec.evaluate,
-            device=dev, cache_dir=cache_dir, fingerprint=data.fingerprint,
+            device=dev, cache_dir=cache_dir, fingerprint=data.fingerprint, data_dir=data_dir,
             clean_acc={n: results[n]["clean_acc"] for n in results},
             should_cancel=callbacks.should_cancel,
             on_cell=lambda done, total=total_cells: tracker.report("evaluating", done / total, step=done,

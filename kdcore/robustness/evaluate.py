@@ -24,7 +24,7 @@ from kdcore.robustness.metrics import (
     negative_log_likelihood,
     summarize_accuracies,
 )
-from kdcore.robustness.official import load_official, official_source_label
+from kdcore.robustness.official import load_official, official_folder, official_source_label
 from kdcore.spec import EvaluateSpec
 
 GENERATED_SOURCE = "CIFAR-C-like (generated)"
@@ -100,11 +100,13 @@ def evaluate_robustness(
     clean_acc: dict[str, float],
     should_cancel: Callable[[], bool] | None = None,
     on_cell: Callable[[int, int], None] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, dict]:
     """{model_name: block} with corruption_acc, mce, per_corruption, per_severity, clean_acc,
     robustness_retention, corrupted_ece, corrupted_nll (None when spec.calibration is off), source
     and n_images (images per cell). test_x is uint8 (N, C, H, W); models are moved to device and
-    put in eval mode. Raises Cancelled when should_cancel() is true between cells.
+    put in eval mode. Raises Cancelled when should_cancel() is true between cells. Official arrays are
+    read from spec.official_root, else from data_dir/CIFAR-10-C (or CIFAR-100-C, by the class count).
     """
     names = spec.corruption_names()
     if not names or not models:
@@ -120,6 +122,7 @@ def evaluate_robustness(
                 f"this dataset's images are {tuple(test_x.shape[1:])} (C, H, W)"
             )
         num_classes = _num_classes(models, test_x, mean, std, device)
+        official_root = official_folder(spec.official_root, data_dir, num_classes)
     for model in models.values():
         model.to(device).eval()
 
@@ -131,7 +134,7 @@ def evaluate_robustness(
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         if official:
-            x, y = load_official(spec.official_root, name, severity, num_classes=num_classes,
+            x, y = load_official(official_root, name, severity, num_classes=num_classes,
                                  max_images=spec.max_images)
             x = x.to(device)
         else:

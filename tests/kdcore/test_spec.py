@@ -47,7 +47,13 @@ BAD_SPECS = [
     ("repeated severity", "evaluate.severities", [2, 2], "evaluate.severities", "repeat"),
     ("unknown key", "distill.temprature", 4.0, "distill.temprature", "Extra inputs"),
     ("imagefolder without root", "dataset.source", "imagefolder", "dataset", "dataset.root"),
-    ("official without root", "evaluate.source", "official", "evaluate", "official_root"),
+    ("seed above int64", "train.seed", 2**63, "train.seed", "less than or equal to"),
+    ("evaluate seed above int64", "evaluate.seed", 10**30, "evaluate.seed", "less than or equal to"),
+    ("infinite weight", "distill.dkd_beta", float("inf"), "distill.dkd_beta", "finite"),
+    ("NaN temperature", "distill.temperature", float("nan"), "distill.temperature", "finite"),
+    ("10,000 severities", "evaluate.severities", [1] * 10_000, "evaluate.severities", "at most 5"),
+    ("10,000 milestones", "train.milestones", [1] * 10_000, "train.milestones", "at most 100"),
+    ("too many exports", "export", ["onnx"] * 4, "export", "at most 3"),
     ("unknown export", "export", ["pickle"], "export", "safetensors"),
     ("bad optimizer", "train.optimizer", "lbfgs", "train.optimizer", "adamw"),
     ("val_fraction 0", "dataset.val_fraction", 0, "dataset.val_fraction", "greater than 0"),
@@ -69,6 +75,17 @@ def test_bad_spec_names_the_field(what: str, path: str, value, field: str, word:
     locations = [".".join(str(p) for p in e["loc"]) for e in errors]
     assert any(loc.startswith(field) for loc in locations), (what, locations)
     assert word in str(info.value), (what, str(info.value))
+
+
+def test_teacher_rule_is_in_the_json_schema() -> None:
+    teacher = JobSpec.model_json_schema()["$defs"]["TeacherSpec"]
+    assert sorted(tuple(branch["required"]) for branch in teacher["anyOf"]) == [("train",), ("weights",)]
+
+
+def test_official_source_needs_no_root_in_the_spec() -> None:
+    # The service reads the official arrays from its data folder; `kd run` names the folder (or fails early).
+    spec = JobSpec.model_validate(_with("evaluate.source", "official"))
+    assert spec.evaluate.official_root is None
 
 
 def test_defaults_follow_design() -> None:
