@@ -20,6 +20,8 @@ CHUNK = 1 << 20
 # The multipart answers of the upload routes, for their OpenAPI description.
 MALFORMED_MULTIPART = {"description": "malformed multipart body (no boundary, garbage)",
                        "content": {"application/problem+json": {}}}
+BUDGET_IN_USE = {"description": "the upload disk budget is in use by other uploads: retry later (Retry-After)",
+                 "content": {"application/problem+json": {}}}
 
 
 # A name shows up in listings and logs: no control characters (PostgreSQL text cannot even hold NUL).

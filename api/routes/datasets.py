@@ -13,6 +13,7 @@ from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem
 from api.schemas import DatasetInfo, DatasetList
 from api.uploads import (
+    BUDGET_IN_USE,
     MALFORMED_MULTIPART,
     NAME_PATTERN,
     archive_problem,
@@ -35,8 +36,7 @@ ERRORS = {r: {"model": Problem, "content": {"application/problem+json": {}}} for
     "links, absolute paths, '..', names that are not UTF-8 and images over KD_MAX_IMAGE_PIXELS are refused, "
     "and so are archives that declare more than KD_UPLOAD_MAX_RATIO times their size. Use the returned id as "
     '`{"dataset": {"source": "upload", "dataset_id": ...}}`.',
-    responses={400: MALFORMED_MULTIPART, **ERRORS,
-               503: {"model": Problem, "description": "the upload disk budget is in use: retry later"}},
+    responses={400: MALFORMED_MULTIPART, **ERRORS, 503: BUDGET_IN_USE},
     openapi_extra={"requestBody": {"content": {"multipart/form-data": {
         "example": {"file": "(binary: a .zip of cat/*.png and dog/*.png)", "name": "pets"}}}}},
 )

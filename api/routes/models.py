@@ -13,7 +13,7 @@ from sqlalchemy import select
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ModelInfo, ModelList
-from api.uploads import MALFORMED_MULTIPART, NAME_PATTERN, display_name, save_upload
+from api.uploads import BUDGET_IN_USE, MALFORMED_MULTIPART, NAME_PATTERN, display_name, save_upload
 from kdcore.spec import MODEL_ARCHS
 from kdservice.tables import Model, new_id
 
@@ -56,7 +56,7 @@ def compare_shapes(found: dict[str, tuple[int, ...]], wanted: dict[str, tuple[in
     "", status_code=201, response_model=ModelInfo, summary="Upload teacher weights (safetensors)",
     description="The file's tensor names and shapes must equal the state_dict of `arch` built with "
     "`num_classes` and `in_channels`. Use the returned id as the job spec's `teacher.weights`.",
-    responses={400: MALFORMED_MULTIPART, **ERRORS},
+    responses={400: MALFORMED_MULTIPART, **ERRORS, 503: BUDGET_IN_USE},
     openapi_extra={"requestBody": {"content": {"multipart/form-data": {"example": {
         "file": "(binary: resnet56.safetensors)", "arch": "resnet56", "num_classes": 10, "in_channels": 3,
         "name": "resnet56-cifar10"}}}}},
