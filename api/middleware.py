@@ -75,11 +75,9 @@ class RequestGate:
             try:
                 await anyio.to_thread.run_sync(self._authenticate, request.headers.get("authorization"))
             except AuthError as exc:
-                response = problem_response(request, 401, str(exc), errors=[{"field": "Authorization",
-                                                                             "message": str(exc)}],
-                                            kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="kd"',
-                                                                          "Connection": "close"})
-                await response(scope, receive, send)
+                unauthorized = HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="kd"'})
+                unauthorized.errors = [{"field": "Authorization", "message": str(exc)}]  # type: ignore[attr-defined]
+                await self._refuse(scope, receive, send, unauthorized, "unauthorized")
                 return
         shown, variable = ((self.settings.upload_max_bytes, "KD_UPLOAD_MAX_BYTES") if upload
                            else (self.settings.request_max_bytes, "KD_REQUEST_MAX_BYTES"))
@@ -124,9 +122,10 @@ class RequestGate:
         with self.sessions() as session:
             authenticate(session, authorization)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: HTTPException) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: HTTPException,
+                      kind: str | None = None) -> None:
         headers = {**(error.headers or {}), "Connection": "close"}  # the unread body ends the connection
         response = problem_response(Request(scope), error.status_code, str(error.detail),
                                     errors=getattr(error, "errors", None), headers=headers,
-                                    kind="payload-too-large" if error.status_code == 413 else None)
+                                    kind=kind or ("payload-too-large" if error.status_code == 413 else None))
         await response(scope, receive, send)
