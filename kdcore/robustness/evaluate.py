@@ -158,7 +158,7 @@ def evaluate_robustness(
         if official:
             x, official_y = load_official(official_root, name, severity, num_classes=num_classes,
                                           indices=image_ids)
-            _check_official_labels(official_y, y, official_root)
+            _check_official_labels(official_y, y)
             x = x.to(device)
         else:
             x = generated_cell(clean_x, image_ids, name, severity, seed=spec.seed, device=device,
@@ -197,13 +197,13 @@ def _clean_acc(model, x, y, mean, std, device, spec: EvaluateSpec) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def _check_official_labels(official_y: torch.Tensor, test_y: torch.Tensor, root: str | None) -> None:
+def _check_official_labels(official_y: torch.Tensor, test_y: torch.Tensor) -> None:
     """The official arrays follow the CIFAR test order: their labels at the chosen positions must be
     the data set's own test labels, or every cell would score other images than the clean ones."""
     wrong = int((official_y != test_y).sum())
     if wrong:
         raise DataError(
-            f"evaluate.official_root: the labels in {root}/labels.npy differ from the data set's test labels at "
+            f"evaluate.official_root: the labels of the official arrays differ from the data set's test labels at "
             f"{wrong} of {len(test_y)} images; the official arrays must follow this data set's test order "
             "(CIFAR-10-C with cifar10, CIFAR-100-C with cifar100)"
         )

@@ -123,7 +123,7 @@ def test_teacher_rule_is_in_the_json_schema() -> None:
 
 def test_official_source_needs_no_root_in_the_spec() -> None:
     # The service reads the official arrays from its data folder; `kd run` names the folder (or fails early).
-    spec = JobSpec.model_validate(_with("evaluate.source", "official"))
+    spec = JobSpec.model_validate({**_with("evaluate.source", "official"), "dataset": {"source": "cifar10"}})
     assert spec.evaluate.official_root is None
 
 
