@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
+from kdcore.cards import teacher_file_differences
 from kdcore.job_files import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
 from kdcore.spec import JobSpec
 from kdservice import jobstore
@@ -52,6 +53,8 @@ def _check_submission(session: Session, owner: ApiKey, spec: JobSpec, settings: 
     _refuse(check_http_spec(spec))
     _check_references(session, owner, spec)
     upload = owned(session, Dataset, spec.dataset.dataset_id, owner) if spec.dataset.source == "upload" else None
+    if spec.teacher.weights is not None:
+        _check_teacher_card(settings.models_dir / f"{spec.teacher.weights}.safetensors", spec, upload)
     facts = data_facts(spec, upload.num_images if upload else None, Path(upload.path) if upload else None)
     _refuse(check_resources(spec, facts, settings.max_job_memory_bytes, settings.max_job_train_flops))
 
@@ -79,6 +82,17 @@ def _check_references(session: Session, owner: ApiKey, spec: JobSpec) -> None:
         if model.arch != spec.teacher.arch:
             raise ProblemError(422, f"model {weights} holds {model.arch} weights but teacher.arch is "
                                f"{spec.teacher.arch}", field="teacher.weights")
+
+
+def _check_teacher_card(weights: Path, spec: JobSpec, upload: Dataset | None) -> None:
+    """An uploaded teacher whose model card disagrees with the job's data (classes or their order, channels,
+    image size) would be silently wrong: 422 listing each difference (a differing mean/std is fine: the
+    worker feeds the teacher its own)."""
+    differences = teacher_file_differences(weights, spec.dataset, classes=upload.classes if upload else None)
+    if differences:
+        raise ProblemError(
+            422, f"teacher.weights {spec.teacher.weights} does not fit this job's data: " + "; ".join(differences),
+            errors=[{"field": "teacher.weights", "message": d} for d in differences], kind="teacher-mismatch")
 
 
 def _created(job: JobDetail, status: int) -> JSONResponse:
