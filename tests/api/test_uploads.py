@@ -283,3 +283,18 @@ def test_names_of_uploads_are_printable(alice):
                             headers={"Content-Type": "multipart/form-data; boundary=xyz"})
     assert weird_file.status_code == 201, weird_file.text
     assert weird_file.json()["name"] == "abc"
+
+
+def test_kd_submit_dataset_id_runs_a_spec_on_an_upload(api_server: ApiServer, alice, tmp_path, monkeypatch, capsys):
+    from kdcli.main import main as kd
+
+    info = upload(alice, zip_bytes(image_folder_files({"cat": 3, "dog": 3}))).json()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({**TINY_SPEC, "dataset": {"source": "digits", "subset": 100}}))
+    key = alice.headers["Authorization"].removeprefix("Bearer ")
+    monkeypatch.setenv("KD_API_URL", api_server.base_url)
+    monkeypatch.setenv("KD_API_KEY", key)
+    assert kd(["submit", str(spec_path), "--dataset-id", info["id"]]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    dataset = alice.get(f"/v1/jobs/{job_id}").json()["spec"]["dataset"]
+    assert (dataset["source"], dataset["dataset_id"], dataset["subset"]) == ("upload", info["id"], 100)
