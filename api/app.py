@@ -6,21 +6,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import JobCollector
+from api.metrics import JobCollector, UploadBudgetCollector
+from api.middleware import RequestGate
 from api.offline_docs import install_offline_docs
-from api.problems import install_problem_handlers, problem_response
+from api.problems import install_problem_handlers
 from api.routes import datasets, events, health, jobs, models
-from api.ui import UI_UPLOAD_PATHS, install_ui
-from api.uploads import UploadTooLarge
+from api.ui import UI_UPLOAD_CHECKS, install_ui
+from kdservice.archives import limit_pil_pixels
+from kdservice.budget import DiskBudget
 from kdservice.db import make_engine, make_sessionmaker, upgrade_database
 from kdservice.settings import Settings, get_settings
 
-UPLOAD_PATHS = ("/v1/datasets", "/v1/models", *UI_UPLOAD_PATHS)
-MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the file
 TAGS = [
     {"name": "jobs", "description": "Distillation jobs: submit, watch, cancel, fetch results and artifacts."},
     {"name": "datasets", "description": "Upload ImageFolder archives to train on (`source: upload`)."},
@@ -32,38 +31,6 @@ DESCRIPTION = """Knowledge distillation as a service, with robustness evidence.
 Every `/v1` route needs `Authorization: Bearer <API key>` (create one with `kd admin create-key NAME`).
 Errors are RFC 9457 `application/problem+json` bodies whose `errors` list names the offending fields.
 """
-
-
-class UploadSizeLimit:
-    """Refuse upload bodies over the limit before they are parsed (413), by header or by counting."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit + MULTIPART_SLACK
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in UPLOAD_PATHS:
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            error = UploadTooLarge(self.limit - MULTIPART_SLACK)
-            response = problem_response(Request(scope), 413, error.detail, errors=error.errors,
-                                        kind=error.kind, headers={"Connection": "close"})
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise UploadTooLarge(self.limit - MULTIPART_SLACK).as_http()
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,9 +53,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.metrics_registry = CollectorRegistry(auto_describe=False)
     app.state.metrics_registry.register(JobCollector(app.state.sessions))
+    upload_budget = DiskBudget(settings.upload_disk_budget_bytes)
+    app.state.metrics_registry.register(UploadBudgetCollector(upload_budget))
     install_problem_handlers(app)
-    app.add_middleware(UploadSizeLimit, limit=settings.upload_max_bytes)
-    for router in (jobs.router, events.router, datasets.router, models.router, health.router):
+    limit_pil_pixels(settings.max_image_pixels)
+    routers = (jobs.router, events.router, datasets.router, models.router, health.router)
+    for router in routers:
         app.include_router(router)
-    install_ui(app)  # the pages under /ui
+    ui_routes = install_ui(app)  # the pages under /ui
+    routes = [*app.routes, *(route for router in routers for route in router.routes), *ui_routes]
+    app.add_middleware(RequestGate, settings=settings, sessions=app.state.sessions,
+                       budget=upload_budget, routes=routes, upload_checks=UI_UPLOAD_CHECKS)
     return app

@@ -10,9 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.problems import ProblemError
-from kdservice.security import find_api_key
+from kdservice.security import AuthError, authenticate
 from kdservice.settings import Settings
-from kdservice.tables import ApiKey
+from kdservice.tables import ID_PATTERN, ApiKey
 
 T = TypeVar("T")
 
@@ -38,15 +38,12 @@ def get_owner(
     request: Request, session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The API key row of `Authorization: Bearer <key>`; 401 problem when missing or unknown."""
-    if credentials is None or not credentials.credentials.strip():
-        if request.headers.get("authorization"):
-            raise _unauthorized("Authorization must be 'Bearer <API key>'")
-        raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <API key>'")
-    row = find_api_key(session, credentials.credentials.strip())
-    if row is None:
-        raise _unauthorized("unknown API key")
-    return row
+    """The API key row of `Authorization: Bearer <key>`; 401 problem when missing, unknown, revoked or
+    expired (looked up on every request: a revocation takes effect at once)."""
+    try:
+        return authenticate(session, request.headers.get("authorization"))
+    except AuthError as exc:
+        raise _unauthorized(str(exc)) from exc
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -56,7 +53,8 @@ OwnerDep = Annotated[ApiKey, Depends(get_owner)]
 
 def owned(session: Session, table: type[T], row_id: str | None, owner: ApiKey) -> T | None:
     """The row if it exists and belongs to owner, else None: others' objects are never revealed."""
-    row = session.get(table, row_id) if row_id else None
+    # Ids are 32 hex characters: anything else (a NUL, which PostgreSQL refuses, or megabytes) is no row.
+    row = session.get(table, row_id) if row_id and ID_PATTERN.fullmatch(row_id) else None
     return row if row is not None and row.owner_id == owner.id else None
 
 

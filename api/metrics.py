@@ -9,6 +9,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from kdservice.budget import DiskBudget
 from kdservice.states import JOB_STATES, TERMINAL_STATES
 from kdservice.tables import Job
 
@@ -43,3 +44,16 @@ class JobCollector(Collector):
             buckets.append(("+Inf", len(values)))
             histogram.add_metric([state], buckets, sum_value=sum(values))
         yield histogram
+
+
+class UploadBudgetCollector(Collector):
+    """This process's upload disk budget (kdservice.budget): per API replica, unlike the job metrics."""
+
+    def __init__(self, budget: DiskBudget):
+        self.budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("kd_upload_disk_bytes_in_use", "Bytes of the upload disk budget held by uploads "
+                                "in progress in this API process", value=self.budget.in_use)
+        yield GaugeMetricFamily("kd_upload_disk_bytes_budget", "KD_UPLOAD_DISK_BUDGET_BYTES",
+                                value=self.budget.total)

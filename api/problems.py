@@ -16,10 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kdservice.redact import redact_paths, service_labels
+
 log = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://kd-service.dev/problems/"
 _LOC_SOURCES = ("body", "query", "path", "header", "cookie")
+MAX_ERRORS = 50  # a 10,000-element list of bad values must not make a 10,000-entry answer
 
 
 class FieldError(BaseModel):
@@ -59,13 +62,19 @@ def problem_response(request: Request, status: int, detail: str, *,
                      headers: dict[str, str] | None = None) -> JSONResponse:
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     slug = kind or title.lower().replace(" ", "-").replace("'", "")
+    # No server path in any answer, whatever raised the problem (kdservice/redact.py).
+    settings = getattr(request.app.state, "settings", None) if "app" in request.scope else None
+    labels = service_labels(settings) if settings is not None else None
+    errors = list(errors or [])
+    if len(errors) > MAX_ERRORS:
+        errors = errors[:MAX_ERRORS] + [{"field": "body", "message": f"and {len(errors) - MAX_ERRORS} more errors"}]
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug,
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": redact_paths(detail, labels),
         "instance": request.url.path,
-        "errors": errors or [],
+        "errors": [{"field": e["field"], "message": redact_paths(e["message"], labels)} for e in errors],
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 

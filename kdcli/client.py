@@ -120,6 +120,9 @@ def wait_for_job(job_id: str, *, show_progress: bool = True) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = json.loads(Path(args.spec).read_text())
+    if args.dataset_id:  # run the spec on an uploaded data set, keeping its dataset options (subset, ...)
+        dataset = {k: v for k, v in spec.get("dataset", {}).items() if k not in ("root", "download")}
+        spec["dataset"] = {**dataset, "source": "upload", "dataset_id": args.dataset_id}
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     job = _request("POST", "/v1/jobs", json=spec, headers=headers)
     print(job["id"])
@@ -298,6 +301,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow progress; exit 0 only if the job succeeds")
     p.add_argument("--quiet", action="store_true", help="with --wait: no progress bar")
     p.add_argument("--idempotency-key", help="a repeat with the same key returns the same job")
+    p.add_argument("--dataset-id", help="run on this uploaded data set (`kd upload-dataset` prints it): replaces "
+                   "the spec's dataset source, keeps its other dataset options")
     p.set_defaults(func=_run(cmd_submit))
 
     p = subparsers.add_parser("status", help="state, phase and progress of a job")

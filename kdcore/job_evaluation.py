@@ -60,6 +60,7 @@ def evaluate_job(
     phases: dict,
     device: torch.device,
     cache_dir: Path,
+    data_dir: Path | None = None,
     callbacks: Callbacks,
     report: Callable[..., None],
     timings: dict[str, float],
@@ -106,7 +107,7 @@ def evaluate_job(
         total_cells = len(names) * len(ev.severities)
         robust = evaluate_robustness(
             to_corrupt, data.test_x, data.test_y, mean=data.mean, std=data.std, spec=ev, device=device,
-            cache_dir=cache_dir, fingerprint=data.fingerprint,
+            cache_dir=cache_dir, fingerprint=data.fingerprint, data_dir=data_dir,
             clean_acc={n: blocks[n]["clean_acc"] for n in to_corrupt}, test_index=data.test_index,
             should_cancel=callbacks.should_cancel,
             on_cell=lambda done, total=total_cells: report(done / total, step=done, steps=total),

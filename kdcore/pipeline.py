@@ -38,6 +38,7 @@ from kdcore.job_files import ONNX, RESULTS, TORCHSCRIPT, WEIGHTS, checkpoint_pat
 from kdcore.models import build_model
 from kdcore.report import corruption_strip_png, write_report
 from kdcore.robustness.evaluate import evaluation_subset
+from kdcore.robustness.official import official_folder
 from kdcore.seed_summary import exported_seed
 from kdcore.settings import default_cache_dir, library_settings
 from kdcore.spec import DistillSpec, JobSpec, TrainRecipe
@@ -174,10 +175,16 @@ def run(
     cache_dir: Path | None = None,
     uploads_dir: Path | None = None,
     weights_dir: Path | None = None,
+    data_dir: Path | None = None,
     device: str | None = None,
 ) -> dict:
-    """Run a whole job; returns the results dict also written to out_dir/results.json."""
+    """Run a whole job; returns the results dict also written to out_dir/results.json.
+
+    data_dir: where built-in sources (cifar10, ...) and the official CIFAR-10-C/100-C arrays are read
+    when the spec names no folder (the service passes KD_DATA_DIR; its specs never name one)."""
     callbacks = callbacks or Callbacks()
+    if spec.evaluate.source == "official":  # a missing folder fails now, not after hours of training
+        official_folder(spec.evaluate.official_root, data_dir, num_classes=10)
     if library_settings().torch_threads:
         torch.set_num_threads(library_settings().torch_threads)
     out_dir = Path(out_dir)
@@ -189,7 +196,7 @@ def run(
 
     started = time.perf_counter()
     callbacks.on_progress(Progress(phase="preparing_data"))
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, uploads_dir=uploads_dir)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir, uploads_dir=uploads_dir, data_dir=data_dir)
     callbacks.on_log(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
         f"{data.num_classes} classes, {data.in_channels}x{data.image_size}x{data.image_size}"
@@ -204,7 +211,7 @@ def run(
             _student(job, teacher, name, seed)
 
     results = evaluate_job(job.spec, job.data, job.out_dir, seeds, _student_names(spec), phases=job.phases,
-                           device=dev, cache_dir=cache_dir, callbacks=callbacks,
+                           device=dev, cache_dir=cache_dir, data_dir=data_dir, callbacks=callbacks,
                            report=lambda done, **f: job.tracker.report("evaluating", done, **f), timings=job.timings)
 
     t0 = time.perf_counter()

@@ -71,26 +71,31 @@ DistillMethod = Literal[DISTILL_METHODS]  # type: ignore[valid-type]
 CorruptionName = Literal[CORRUPTIONS]  # type: ignore[valid-type]
 ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
 Severity = Annotated[int, Field(ge=1, le=5)]
-MAX_SEED = 2**63 - 1  # every seed fits a signed 64-bit integer (torch, numpy, the database)
+# Seeds reach torch/numpy as 64-bit integers; a larger one would pass validation and crash the run.
+MAX_SEED = 2**63 - 1
 MAX_SEEDS = 10
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MAX_PATH_LENGTH = 4096
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors: a typo such as "temprature" must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are errors: a typo such as "temprature" must not be silently ignored. NaN/Infinity
+    # (which Python's JSON parser accepts) are errors too: no float field means anything with them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
     source: DatasetSource
-    root: str | None = Field(None, description="torchvision root or ImageFolder path")
+    root: str | None = Field(None, max_length=MAX_PATH_LENGTH, description="torchvision root or ImageFolder "
+                             "path (`kd run` only: the service refuses server paths)")
     download: bool = Field(False, description="let torchvision download the data set into root")
-    dataset_id: str | None = Field(None, description="id from POST /v1/datasets (source 'upload')")
+    dataset_id: str | None = Field(None, max_length=64, description="id from POST /v1/datasets (source 'upload')")
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="share of train held out for selection")
-    subset: int | None = Field(None, ge=10, description="use a seeded random subset of N training images")
+    subset: int | None = Field(None, ge=10, le=2**31 - 1, description="use a seeded random subset of N training "
+                               "images")
     test_subset: int | None = Field(
-        None, ge=10, description="evaluate on a class-balanced subset of N test images, drawn with the fixed "
-        "seed 0 (the same images for every job; smoke runs)",
+        None, ge=10, le=2**31 - 1, description="evaluate on a class-balanced subset of N test images, drawn with "
+        "the fixed seed 0 (the same images for every job; smoke runs)",
     )
     image_size: int | None = Field(
         None, ge=8, le=512, description="resize images to this square size (default: as stored)"
@@ -126,10 +131,10 @@ class TrainRecipe(_Strict):
     )
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[int] | None = Field(
-        None, description="multistep epochs; default 5/8, 3/4 and 7/8 of epochs (150/180/210 of 240)"
+        None, max_length=100, description="multistep epochs; default 5/8, 3/4 and 7/8 of epochs (150/180/210 of 240)"
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="multistep decay factor")
-    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    warmup_epochs: int = Field(0, ge=0, le=5000, description="linear learning-rate warm-up")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: Literal["standard", "augmix", "none"] = "standard"
     flip: bool | None = Field(
@@ -165,8 +170,15 @@ class TrainRecipe(_Strict):
 
 
 class TeacherSpec(_Strict):
+    # The "weights or train" rule below, stated in the JSON schema too (/openapi.json shows it).
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["weights"], "properties": {"weights": {"type": "string"}}},
+        {"required": ["train"], "properties": {"train": {"type": "object"}}},
+    ]})
+
     arch: ModelArch
-    weights: str | None = Field(None, description="model id from POST /v1/models or a .safetensors path")
+    weights: str | None = Field(None, max_length=MAX_PATH_LENGTH, description="model id from POST /v1/models (or, "
+                                "for `kd run` only, a .safetensors path)")
     train: TrainRecipe | None = Field(None, description="recipe used when no weights are given")
     reuse: bool = Field(
         True, description="with a train recipe: load the teacher an earlier job trained on the same data with "
@@ -283,15 +295,18 @@ class DistillSpec(_Strict):
 
 
 class EvaluateSpec(_Strict):
-    corruptions: Literal["all", "none"] | list[CorruptionName] = Field(
+    corruptions: Literal["all", "none"] | Annotated[list[CorruptionName], Field(max_length=len(CORRUPTIONS))] = Field(
         "all", description="'all' = the 15 benchmark corruptions; or a list of names"
     )
-    severities: list[Severity] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+    severities: list[Severity] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1, max_length=5)
     source: Literal["generated", "official"] = "generated"
-    official_root: str | None = Field(None, description="folder with CIFAR-10-C/100-C .npy files")
+    official_root: str | None = Field(
+        None, max_length=MAX_PATH_LENGTH, description="folder with CIFAR-10-C/100-C .npy files (`kd run` only; "
+        "default: <data folder>/CIFAR-10-C or CIFAR-100-C)",
+    )
     max_images: int | None = Field(
-        None, ge=1, description="evaluate corruptions on a class-balanced subset of N test images, drawn with "
-        "the fixed seed 0 (the same images for every job and model)",
+        None, ge=1, le=2**31 - 1, description="evaluate corruptions on a class-balanced subset of N test images, "
+        "drawn with the fixed seed 0 (the same images for every job and model)",
     )
     seed: Seed = Field(0, description="seed of the generated corruptions")
     batch_size: int | None = Field(
@@ -318,12 +333,6 @@ class EvaluateSpec(_Strict):
                 raise ValueError("evaluate.corruptions must not repeat a corruption")
         return v
 
-    @model_validator(mode="after")
-    def _official_needs_root(self) -> EvaluateSpec:
-        if self.source == "official" and not self.official_root:
-            raise ValueError("evaluate.official_root is required when evaluate.source is 'official'")
-        return self
-
     def corruption_names(self) -> list[str]:
         if self.corruptions == "all":
             return list(BENCHMARK_CORRUPTIONS)
@@ -347,7 +356,7 @@ class JobSpec(_Strict):
     )
     baseline: bool = Field(True, description="also train the student without distillation")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
-    export: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
+    export: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS), max_length=len(EXPORT_FORMATS))
 
     model_config = ConfigDict(
         extra="forbid",

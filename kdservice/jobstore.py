@@ -9,7 +9,8 @@ worker took over) can no longer change the row. Each function is one short trans
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kdservice.db import sessions
+from kdservice.redact import service_redactor
+from kdservice.settings import Settings
 from kdservice.states import OWNED_STATES, TERMINAL_STATES
 from kdservice.tables import Artifact, Job, JobLog, JobMetric, JobTransition, new_id, utcnow
 
@@ -94,11 +97,33 @@ class Claim:
     resumed: bool  # a previous attempt ran (its checkpoints may be there)
 
 
+def finite(value: Any) -> Any:
+    """value with every NaN/Infinity (a diverged run's loss) replaced by None: JSON answers have no such
+    numbers, and the API must not fail on a job's own numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 class JobStore:
-    def __init__(self, database_url: str, lease_seconds: float, max_attempts: int):
+    """The worker's writes. `redact` cleans every message a client will read (error, log lines): the
+    worker passes kdservice.redact.service_redactor(settings), so no server path is stored."""
+
+    def __init__(self, database_url: str, lease_seconds: float, max_attempts: int,
+                 redact: Callable[[str | None], str | None] | None = None):
         self.sessions = sessions(database_url)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.redact = redact or (lambda text: text)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> JobStore:
+        return cls(settings.database_url, settings.lease_seconds, settings.max_attempts,
+                   redact=service_redactor(settings))
 
     def _owned(self, job_id: str, worker_id: str):
         return (Job.id == job_id) & (Job.worker_id == worker_id) & Job.state.in_(OWNED_STATES)
@@ -138,7 +163,7 @@ class JobStore:
         with self.sessions.begin() as session:
             result = session.execute(
                 update(Job).where(self._owned(job_id, worker_id))
-                .values(phase=phase, progress=progress, updated_at=now)
+                .values(phase=phase, progress=finite(progress), updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
@@ -150,6 +175,7 @@ class JobStore:
         return row is None or bool(row[0]) or row[1] == "cancelling"
 
     def add_metric(self, job_id: str, phase: str, epoch: int, metrics: dict[str, float]) -> None:
+        metrics = finite(metrics)
         extra = {k: v for k, v in metrics.items() if k not in METRIC_COLUMNS}
         with self.sessions.begin() as session:
             session.execute(insert(JobMetric).values(
@@ -159,7 +185,8 @@ class JobStore:
 
     def add_log(self, job_id: str, message: str, level: str = "info") -> None:
         with self.sessions.begin() as session:
-            session.execute(insert(JobLog).values(job_id=job_id, at=utcnow(), level=level, message=message))
+            session.execute(insert(JobLog).values(job_id=job_id, at=utcnow(), level=level,
+                                                  message=self.redact(message)))
 
     def finish(self, job_id: str, worker_id: str, state: str, *, error_code: str | None = None,
                error_message: str | None = None, results_summary: dict | None = None,
@@ -167,6 +194,8 @@ class JobStore:
         """running/cancelling -> a terminal state, with its artifacts rows. False: the claim was lost."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"not a terminal state: {state!r}")
+        error_message = self.redact(error_message)
+        results_summary = finite(results_summary)
         now = utcnow()
         with self.sessions.begin() as session:
             result = session.execute(

@@ -1,16 +1,32 @@
-"""API keys: random tokens shown once, stored as sha256 hex; `Authorization: Bearer <key>`."""
+"""API keys: random tokens shown once, stored as sha256 hex; `Authorization: Bearer <key>`.
+
+A key works until it expires (`expires_at`, optional) or an admin revokes it (`revoked_at`). Every
+request looks the key up in the database (`authenticate`): nothing is cached, so a revocation or an
+expiry takes effect on the very next request, on every API replica.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from kdservice.tables import ApiKey
+from kdservice.tables import ApiKey, utcnow
 
 KEY_PREFIX = "kd_"
+PREFIX_LENGTH = 10  # what listings show: "kd_" and 7 random characters
+MAX_KEY_LENGTH = 200
+
+
+class AuthError(Exception):
+    """The request's credentials do not name a working key; the message says why (a 401)."""
+
+
+class KeyLookupError(Exception):
+    """An admin's key reference matches no key, or more than one."""
 
 
 def hash_key(key: str) -> str:
@@ -18,14 +34,68 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
+def create_api_key(session: Session, name: str, expires_in: timedelta | None = None) -> tuple[ApiKey, str]:
     """Insert a key row for owner `name`; returns (row, the plain key). The caller commits."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, key_hash=hash_key(key), prefix=key[:10])
+    expires_at = utcnow() + expires_in if expires_in is not None else None
+    row = ApiKey(name=name, key_hash=hash_key(key), prefix=key[:PREFIX_LENGTH], expires_at=expires_at)
     session.add(row)
     session.flush()
     return row, key
 
 
 def find_api_key(session: Session, key: str) -> ApiKey | None:
+    """The row of a key, working or not."""
     return session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The key of an `Authorization: Bearer <key>` header; AuthError naming what is wrong."""
+    if not authorization or not authorization.strip():
+        raise AuthError("missing Authorization header; send 'Authorization: Bearer <API key>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("Authorization must be 'Bearer <API key>'")
+    if len(token) > MAX_KEY_LENGTH:
+        raise AuthError("unknown API key")
+    return token
+
+
+def authenticate(session: Session, authorization: str | None, now: datetime | None = None) -> ApiKey:
+    """The working key row named by an Authorization header value; AuthError when there is none."""
+    return working_key(session, bearer_token(authorization), now)
+
+
+def working_key(session: Session, key: str, now: datetime | None = None) -> ApiKey:
+    """The row of a key that is known, not revoked and not expired (the pages' sign-in cookie holds the key
+    itself); AuthError saying which it is not."""
+    row = find_api_key(session, key) if len(key) <= MAX_KEY_LENGTH else None
+    if row is None:
+        raise AuthError("unknown API key")
+    if row.revoked_at is not None:
+        raise AuthError("this API key was revoked")
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        raise AuthError("this API key expired; ask for a new one")
+    return row
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_api_key(session: Session, id_or_prefix: str) -> tuple[ApiKey, bool]:
+    """Revoke the key whose id or listed prefix is given; (row, False if it was already revoked).
+    KeyLookupError when none or several match. The caller commits."""
+    rows = list(session.scalars(select(ApiKey).where(or_(ApiKey.id == id_or_prefix,
+                                                          ApiKey.prefix == id_or_prefix))))
+    if not rows:
+        raise KeyLookupError(f"no API key has the id or prefix {id_or_prefix!r} (see `kd admin list-keys`)")
+    if len(rows) > 1:
+        raise KeyLookupError(f"{len(rows)} keys have the prefix {id_or_prefix!r}; give the key's id instead")
+    row = rows[0]
+    if row.revoked_at is not None:
+        return row, False
+    row.revoked_at = utcnow()
+    session.flush()
+    return row, True

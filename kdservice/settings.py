@@ -32,7 +32,23 @@ class Settings(BaseSettings):
         "jobs, is sent again (its message was lost)",
     )
     upload_max_bytes: int = Field(1 << 30, ge=1, description="largest accepted dataset/model upload")
-    upload_max_files: int = Field(200_000, ge=1, description="most members a dataset archive may hold")
+    upload_max_files: int = Field(200_000, ge=1, description="most entries a dataset archive may hold (hidden "
+                                  "ones too)")
+    upload_max_ratio: float = Field(100.0, gt=0, description="most an archive may expand, as declared sizes over "
+                                    "the archive's size (zip bombs)")
+    upload_disk_budget_bytes: int = Field(
+        10 << 30, ge=1, description="bytes all uploads of one API process may hold at once in tmp/ and in "
+        "extraction; an upload that would exceed it is refused (503, or 413 if it could never fit)",
+    )
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest image (width x height) an upload may "
+                                  "hold")
+    request_max_bytes: int = Field(1 << 20, ge=1, description="largest request body of every non-upload route")
+    max_job_memory_bytes: int = Field(64 << 30, ge=1, description="largest estimated memory of a job at submit "
+                                      "(kdservice/estimate.py)")
+    max_job_train_flops: float = Field(1e19, gt=0, description="largest estimated training compute of a job at "
+                                       "submit, in FLOPs (kdservice/estimate.py)")
+    data_dir: Path | None = Field(None, description="where built-in sources (cifar10, ...) and the official "
+                                  "CIFAR-10-C/100-C arrays are read; default <artifact_dir>/data")
     events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")
     events_heartbeat_seconds: float = Field(15.0, gt=0, description="SSE comment sent when nothing changed")
 
@@ -40,10 +56,10 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         # Absolute, so the API and workers started from other folders agree on every path.
         self.artifact_dir = self.artifact_dir.expanduser().resolve()
+        self.data_dir = (self.data_dir or self.artifact_dir / "data").expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.artifact_dir / 'kd.db'}"
         return self
-
 
     # Every folder under artifact_dir is named here and nowhere else.
     def job_dir(self, job_id: str) -> Path:

@@ -6,6 +6,7 @@ every state change also writes a job_transitions row.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,10 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+# What new_id() returns: the ids of jobs, data sets, models and keys.
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,6 +71,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Migration 0003: a key stops working at expires_at (None: never) or once revoked (kdservice/security.py).
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class Job(Base):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -287,9 +288,9 @@ def image_folder_files(classes: dict[str, int], prefix: str = "") -> dict[str, b
     return files
 
 
-def zip_bytes(files: dict[str, bytes]) -> bytes:
+def zip_bytes(files: dict[str, bytes], compress: bool = False) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
         for name, data in files.items():
             archive.writestr(name, data)
     return buffer.getvalue()
@@ -320,3 +321,46 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
         assert field in [e["field"] for e in body["errors"]], body
     return body
 
+
+
+# --- what a client may never see: server paths
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/>])/(?!v1/)[\w.-]+(?:/[\w.-]*)+")
+
+
+def assert_no_server_path(text: str, settings: Settings) -> None:
+    """text names neither the service's folders nor any absolute path (API routes such as /v1/jobs aside)."""
+    for folder in (settings.artifact_dir, settings.data_dir):
+        assert str(folder) not in text, f"{folder} leaked: {text}"
+    assert not _ABSOLUTE_PATH.findall(text), f"absolute path leaked: {text}"
+
+
+# --- raw HTTP/1.1, for what httpx will not send (a body that never finishes)
+
+def send_head(base_url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"",
+              timeout: float = 10) -> socket.socket:
+    """Open a connection and send a request head plus the first body bytes; the caller reads or closes."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers lower-cased, body) of the answer on sock (Content-Length bodies)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body

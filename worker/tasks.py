@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ def new_worker_id() -> str:
 
 
 def job_store(settings: Settings) -> JobStore:
-    return JobStore(settings.database_url, settings.lease_seconds, settings.max_attempts)
+    return JobStore.for_settings(settings)  # redacts server paths from the errors and logs it stores
 
 
 class LeaseKeeper(threading.Thread):
@@ -173,7 +172,8 @@ def _run_claimed(store: JobStore, claim, settings: Settings, callbacks: JobCallb
 
         spec = JobSpec.model_validate(claim.spec)
         results = kdcore.run(spec, out_dir, callbacks, cache_dir=settings.cache_dir,
-                             uploads_dir=settings.datasets_dir, weights_dir=settings.models_dir)
+                             uploads_dir=settings.datasets_dir, weights_dir=settings.models_dir,
+                             data_dir=settings.data_dir)
     except Cancelled:
         if callbacks.lease.lost.is_set():
             log.warning("job %s: stopped after losing its claim; the new owner continues it", job_id)
@@ -186,8 +186,8 @@ def _run_claimed(store: JobStore, claim, settings: Settings, callbacks: JobCallb
         return "failed" if store.finish(job_id, worker_id, "failed", error_code=exc.code,
                                         error_message=exc.message) else None
     except Exception as exc:
-        log.exception("job %s failed", job_id)
-        store.add_log(job_id, traceback.format_exc(), level="error")
+        log.exception("job %s failed", job_id)  # the traceback stays in the server log: internals
+        store.add_log(job_id, _one_line(exc), level="error")
         return "failed" if store.finish(job_id, worker_id, "failed", error_code="internal_error",
                                         error_message=_one_line(exc)) else None
     summary = summarize_results(results if isinstance(results, dict) else {})

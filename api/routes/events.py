@@ -92,7 +92,7 @@ async def job_events(request: Request, job_id: str, after_log: int,
 )
 def stream_events(
     job_id: str, request: Request, owner: OwnerDep, session: SessionDep,
-    last_event_id: Annotated[int | None, Header(ge=0, description="resume after this log id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1, description="resume after this log id")] = None,
 ) -> StreamingResponse:
     job = get_owned_job(session, owner, job_id)
     session.close()  # the stream opens its own short sessions; do not hold this one for hours

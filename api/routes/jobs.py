@@ -7,7 +7,8 @@ import binascii
 import json
 import logging
 import shutil
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -19,12 +20,16 @@ from sqlalchemy.orm import Session
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
+from kdcore.cards import teacher_file_differences
 from kdcore.job_files import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
 from kdcore.spec import JobSpec
 from kdservice import jobstore
+from kdservice.estimate import check_resources, data_facts
+from kdservice.policy import SpecProblem, check_http_spec
 from kdservice.queue import enqueue_job
+from kdservice.settings import Settings
 from kdservice.states import JobState
-from kdservice.tables import ApiKey, Artifact, Dataset, Job, JobMetric, JobTransition, Model
+from kdservice.tables import ID_PATTERN, ApiKey, Artifact, Dataset, Job, JobMetric, JobTransition, Model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -43,6 +48,24 @@ def job_detail(session: Session, job: Job) -> JobDetail:
     return JobDetail.from_job(job, list(transitions))
 
 
+def _check_submission(session: Session, owner: ApiKey, spec: JobSpec, settings: Settings) -> None:
+    """422 naming the fields: server paths (kdservice.policy), others' uploads, resource caps."""
+    _refuse(check_http_spec(spec))
+    _check_references(session, owner, spec)
+    upload = owned(session, Dataset, spec.dataset.dataset_id, owner) if spec.dataset.source == "upload" else None
+    if spec.teacher.weights is not None:
+        _check_teacher_card(settings.models_dir / f"{spec.teacher.weights}.safetensors", spec, upload)
+    facts = data_facts(spec, upload.num_images if upload else None, Path(upload.path) if upload else None)
+    _refuse(check_resources(spec, facts, settings.max_job_memory_bytes, settings.max_job_train_flops))
+
+
+def _refuse(problems: list[SpecProblem]) -> None:
+    if problems:
+        summary = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        raise ProblemError(422, f"invalid request: {summary}", kind="validation-error",
+                           errors=[{"field": p.field, "message": p.message} for p in problems])
+
+
 def _check_references(session: Session, owner: ApiKey, spec: JobSpec) -> None:
     """Ids in the spec must name the caller's own uploads (422 naming the field)."""
     if spec.dataset.source == "upload":
@@ -59,6 +82,17 @@ def _check_references(session: Session, owner: ApiKey, spec: JobSpec) -> None:
         if model.arch != spec.teacher.arch:
             raise ProblemError(422, f"model {weights} holds {model.arch} weights but teacher.arch is "
                                f"{spec.teacher.arch}", field="teacher.weights")
+
+
+def _check_teacher_card(weights: Path, spec: JobSpec, upload: Dataset | None) -> None:
+    """An uploaded teacher whose model card disagrees with the job's data (classes or their order, channels,
+    image size) would be silently wrong: 422 listing each difference (a differing mean/std is fine: the
+    worker feeds the teacher its own)."""
+    differences = teacher_file_differences(weights, spec.dataset, classes=upload.classes if upload else None)
+    if differences:
+        raise ProblemError(
+            422, f"teacher.weights {spec.teacher.weights} does not fit this job's data: " + "; ".join(differences),
+            errors=[{"field": "teacher.weights", "message": d} for d in differences], kind="teacher-mismatch")
 
 
 def _created(job: JobDetail, status: int) -> JSONResponse:
@@ -92,7 +126,7 @@ def create_job(
     spec_json = spec.model_dump(mode="json")
     if idempotency_key is not None and (replay := _replay(session, owner, idempotency_key, spec_json)):
         return replay
-    _check_references(session, owner, spec)
+    _check_submission(session, owner, spec, settings)
     try:
         job = jobstore.submit_job(session, owner.id, spec.name, spec_json, idempotency_key)
     except IntegrityError:
@@ -121,11 +155,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
+        # In UTC, as stored: a date near year 1 or 9999 in another zone overflows here, not in the query.
         when = datetime.fromisoformat(created)
-        if when.tzinfo is None or not isinstance(job_id, str):
+        if when.tzinfo is None or not ID_PATTERN.fullmatch(job_id):
             raise ValueError("bad cursor contents")
-        return when, job_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        return when.astimezone(UTC), job_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise ProblemError(422, "cursor is not one this API returned (use next_cursor as is)",
                            field="cursor") from exc
 
@@ -203,7 +238,8 @@ def job_results(job_id: str, owner: OwnerDep, session: SessionDep, settings: Set
     if job.state != "succeeded" or not path.is_file():
         raise ProblemError(404, f"job {job_id} has no results (state {job.state}); results exist once it "
                            "succeeded", field="job_id", kind="no-results")
-    return JSONResponse(json.loads(path.read_text()))
+    # kdcore writes NaN/Infinity for a diverged run's metrics; JSON has no such numbers: null.
+    return JSONResponse(json.loads(path.read_text(), parse_constant=lambda _constant: None))
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="Files a job produced",

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from api.deps import OwnerDep, SessionDep, SettingsDep, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ModelInfo, ModelList
-from api.uploads import save_upload
+from api.uploads import BUDGET_IN_USE, MALFORMED_MULTIPART, NAME_PATTERN, display_name, save_upload
 from kdcore.spec import MODEL_ARCHS
 from kdservice.tables import Model, new_id
 
@@ -56,7 +56,7 @@ def compare_shapes(found: dict[str, tuple[int, ...]], wanted: dict[str, tuple[in
     "", status_code=201, response_model=ModelInfo, summary="Upload teacher weights (safetensors)",
     description="The file's tensor names and shapes must equal the state_dict of `arch` built with "
     "`num_classes` and `in_channels`. Use the returned id as the job spec's `teacher.weights`.",
-    responses=ERRORS,
+    responses={400: MALFORMED_MULTIPART, **ERRORS, 503: BUDGET_IN_USE},
     openapi_extra={"requestBody": {"content": {"multipart/form-data": {"example": {
         "file": "(binary: resnet56.safetensors)", "arch": "resnet56", "num_classes": 10, "in_channels": 3,
         "name": "resnet56-cifar10"}}}}},
@@ -67,7 +67,8 @@ def upload_model(
     arch: Annotated[Literal[MODEL_ARCHS], Form(examples=["resnet56"])],  # type: ignore[valid-type]
     num_classes: Annotated[int, Form(ge=2, le=100_000, examples=[10])],
     in_channels: Annotated[int, Form(ge=1, le=16, examples=[3])] = 3,
-    name: Annotated[str | None, Form(max_length=200, description="default: the file name")] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NAME_PATTERN,
+                                     description="default: the file name")] = None,
 ) -> JSONResponse:
     path, size, sha256 = save_upload(file, settings.tmp_dir, settings.upload_max_bytes)
     model_id = new_id()
@@ -85,7 +86,7 @@ def upload_model(
         shutil.move(str(path), str(final))
     finally:
         path.unlink(missing_ok=True)
-    row = Model(id=model_id, owner_id=owner.id, name=(name or file.filename or arch)[:200], arch=arch,
+    row = Model(id=model_id, owner_id=owner.id, name=name or display_name(file.filename, arch), arch=arch,
                 num_classes=num_classes, in_channels=in_channels, path=str(final), sha256=sha256,
                 size_bytes=size)
     session.add(row)

@@ -1,25 +1,29 @@
 """The pages under /ui: server-rendered (Jinja2), signed in with an API key kept in a cookie.
 
-`install_ui(app)` adds the routes, the static files and the check that authenticates an upload before
-its body is read. The pages call the API's own route logic (api/ui/service.py), so they answer what
-the /v1 routes answer, as HTML.
+`install_ui(app)` adds the routes and the static files; api/app.py gives the request gate
+(api/middleware.py) UI_UPLOAD_CHECKS, so a page's upload is authenticated (cookie and CSRF token) before
+its body is read, and counts against the same size limit and disk budget as /v1 uploads. The pages call
+the API's own route logic (api/ui/service.py), so they answer what the /v1 routes answer, as HTML.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.routing import BaseRoute
 
 from api.offline_docs import ImmutableStaticFiles
-from api.preauth import AuthenticateBeforeBody
 from api.ui import compare_page, job_pages, sign_in, upload_pages
 from api.ui.render import STATIC_DIR, STATIC_URL
 from api.ui.upload_pages import UI_UPLOAD_PATHS, check_upload_headers
 
-__all__ = ["UI_UPLOAD_PATHS", "install_ui"]
+UI_UPLOAD_CHECKS = dict.fromkeys(UI_UPLOAD_PATHS, check_upload_headers)
+__all__ = ["UI_UPLOAD_CHECKS", "install_ui"]
 
 
-def install_ui(app: FastAPI) -> None:
+def install_ui(app: FastAPI) -> list[BaseRoute]:
+    """Add the pages and their static files to app; returns the pages' routes (for the gate's OPTIONS)."""
     app.mount(STATIC_URL, ImmutableStaticFiles(directory=STATIC_DIR), name="ui-static")
-    for module in (sign_in, job_pages, compare_page, upload_pages):
-        app.include_router(module.router)
-    app.add_middleware(AuthenticateBeforeBody, checks=dict.fromkeys(UI_UPLOAD_PATHS, check_upload_headers))
+    routers = (sign_in.router, job_pages.router, compare_page.router, upload_pages.router)
+    for router in routers:
+        app.include_router(router)
+    return [route for router in routers for route in router.routes]

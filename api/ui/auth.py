@@ -1,12 +1,12 @@
 """Who is signed in to the pages, and the CSRF token of their forms. No server-side session state.
 
 - The API key itself is the session: sign-in stores it in an HttpOnly, SameSite=Strict cookie scoped to
-  /ui (Secure over https), and every request looks it up again (`find_api_key`, as `Authorization:
-  Bearer` does), so a key removed from the database signs its pages out at once.
+  /ui (Secure over https), and every request looks it up again (`working_key`, as `Authorization:
+  Bearer` does), so a key revoked or expired signs its pages out at once.
 - CSRF token = HMAC-SHA256 keyed with that API key over a fixed label: only a holder of the key can
   compute it, it needs no storage, and it is checked (constant-time) on every POST. urlencoded forms
   send it as the `csrf` field; multipart uploads send it in the query string, so it is checked from the
-  headers before any of the body is read (api/preauth.py).
+  headers before any of the body is read (the request gate, api/middleware.py).
 - The sign-in form itself (no key yet) carries a random double-submit token, also kept in a
   SameSite=Strict cookie, so another site cannot sign a browser in to the attacker's account.
 """
@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep
-from kdservice.security import find_api_key
+from kdservice.security import AuthError, working_key
 from kdservice.tables import ApiKey
 
 KEY_COOKIE = "kd_ui_key"
@@ -95,12 +95,14 @@ def sign_in_url(next_path: str) -> str:
 
 
 def owner_from_cookie(request: Request, session: Session) -> ApiKey | None:
-    """The key row named by the cookie (and request.state.ui_key set to the key), or None."""
+    """The working key row named by the cookie (and request.state.ui_key set to the key), or None."""
     key = request.cookies.get(KEY_COOKIE, "").strip()
-    row = find_api_key(session, key) if key else None
-    if row is not None:
-        request.state.ui_key = key
-        request.state.ui_owner = row.name
+    try:
+        row = working_key(session, key)
+    except AuthError:
+        return None
+    request.state.ui_key = key
+    request.state.ui_owner = row.name
     return row
 
 

@@ -90,13 +90,15 @@ def model_list(session: Session, owner: ApiKey) -> ModelList:
     return models.list_models(owner, session)
 
 
-def upload_dataset(session: Session, owner: ApiKey, settings: Settings, form: Mapping[str, Any]) -> DatasetInfo:
+def upload_dataset(request: Request, session: Session, owner: ApiKey, settings: Settings,
+                   form: Mapping[str, Any]) -> DatasetInfo:
     fields = form_fields(datasets.upload_dataset, form)
-    response = datasets.upload_dataset(owner, session, settings, file=uploaded_file(form), **fields)
+    response = datasets.upload_dataset(request, owner, session, settings, file=uploaded_file(form), **fields)
     return DatasetInfo.model_validate_json(bytes(response.body))
 
 
-def upload_model(session: Session, owner: ApiKey, settings: Settings, form: Mapping[str, Any]) -> ModelInfo:
+def upload_model(request: Request, session: Session, owner: ApiKey, settings: Settings,
+                 form: Mapping[str, Any]) -> ModelInfo:
     fields = form_fields(models.upload_model, form)
     response = models.upload_model(owner, session, settings, file=uploaded_file(form), **fields)
     return ModelInfo.model_validate_json(bytes(response.body))

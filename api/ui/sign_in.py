@@ -11,7 +11,7 @@ from api.deps import SessionDep
 from api.ui import auth
 from api.ui.auth import PREFIX, PageOwner, PostOwner
 from api.ui.render import PageRoute, csrf_refused, page, see_other
-from kdservice.security import find_api_key
+from kdservice.security import AuthError, working_key
 
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 
@@ -45,9 +45,12 @@ def sign_in(request: Request, session: SessionDep, key: Annotated[str, Form(max_
     if cookie is None or not auth.tokens_match(csrf, cookie):
         return csrf_refused(request)
     key = key.strip()
-    if not key or find_api_key(session, key) is None:
-        message = "Enter an API key." if not key else "Unknown API key: check it, or create one (kd admin create-key)."
-        return _sign_in_page(request, next, message, 422)
+    if not key:
+        return _sign_in_page(request, next, "Enter an API key.", 422)
+    try:
+        working_key(session, key)
+    except AuthError as exc:  # unknown, revoked or expired: the same words as a 401 of /v1
+        return _sign_in_page(request, next, f"{str(exc).capitalize()}.", 422)
     response = see_other(auth.safe_next(next))
     auth.set_key_cookie(response, request, key)
     response.delete_cookie(auth.SIGNIN_COOKIE, path=auth.SIGN_IN_PATH, httponly=True, samesite="strict")

@@ -1,7 +1,8 @@
 """Data sets and models: lists and upload forms (multipart, through the API's upload functions).
 
-An upload POST carries its CSRF token in the query string: api/preauth.py checks the cookie and that
-token from the headers before any of the body is read (UI_UPLOAD_PATHS); the route checks both again.
+An upload POST carries its CSRF token in the query string: the request gate (api/middleware.py) runs
+check_upload_headers on the cookie and that token before any of the body is read; the route checks both
+again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CreatedQuery = Annotated[str | None, Query(max_length=64)]
 
 
 def check_upload_headers(request: Request, session: Session) -> Response | None:
-    """api/preauth.py's check for UI_UPLOAD_PATHS: signed in and the right CSRF token, from headers only."""
+    """The request gate's check of UI_UPLOAD_PATHS: signed in and the right CSRF token, from headers only."""
     if owner_from_cookie(request, session) is None:
         return see_other(sign_in_url(request.url.path))
     if not tokens_match(request.query_params.get(CSRF_FIELD), csrf_token(request.state.ui_key)):
@@ -80,7 +81,7 @@ async def _upload(request: Request, owner: ApiKey, session: Session, settings: S
     async with request.form(max_files=1, max_fields=10) as form:
         values = {k: v for k, v in form.items() if isinstance(v, str)}
         try:
-            info = await anyio.to_thread.run_sync(store, session, owner, settings, form)
+            info = await anyio.to_thread.run_sync(store, request, session, owner, settings, form)
         except ProblemError as exc:
             if not exc.errors:
                 raise

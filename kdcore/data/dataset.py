@@ -90,7 +90,7 @@ def _file_stats(files: list[Path], root: Path) -> list[tuple[str, int, int]]:
 
 
 def _resolve(
-    spec: DatasetSpec, cache_dir: Path, uploads_dir: Path | None
+    spec: DatasetSpec, cache_dir: Path, uploads_dir: Path | None, data_dir: Path | None = None
 ) -> tuple[Callable[[], str], Callable[[], Decoded]]:
     """(fingerprint function, decode function) for the spec's source."""
     size = spec.image_size
@@ -103,7 +103,7 @@ def _resolve(
 
         return (lambda: _hash("digits-v1", sklearn.__version__, size)), decode_digits
     if spec.source in TORCHVISION_SOURCES:
-        root = Path(spec.root) if spec.root else Path(cache_dir) / "torchvision"
+        root = Path(spec.root) if spec.root else Path(data_dir) if data_dir else Path(cache_dir) / "torchvision"
         files = source_files(spec.source, root)
 
         def decode() -> Decoded:
@@ -130,8 +130,9 @@ def _resolve(
     return (lambda: fingerprint_folder(listing, size)), (lambda: decode_folder(listing, size))
 
 
-def _decoded(spec: DatasetSpec, cache_dir: Path, uploads_dir: Path | None) -> tuple[Decoded, str]:
-    fingerprint, decode = _resolve(spec, cache_dir, uploads_dir)
+def _decoded(spec: DatasetSpec, cache_dir: Path, uploads_dir: Path | None,
+             data_dir: Path | None) -> tuple[Decoded, str]:
+    fingerprint, decode = _resolve(spec, cache_dir, uploads_dir, data_dir)
     fp = fingerprint()
     if fp:
         cached = read_cache(cache_path(cache_dir, fp))
@@ -160,10 +161,15 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def load_dataset(spec: DatasetSpec, *, cache_dir: Path, uploads_dir: Path | None = None) -> ImageData:
-    """Load, split and describe the data set of `spec` (raises DataError for problems a user can fix)."""
+def load_dataset(
+    spec: DatasetSpec, *, cache_dir: Path, uploads_dir: Path | None = None, data_dir: Path | None = None,
+) -> ImageData:
+    """Load, split and describe the data set of `spec` (raises DataError for problems a user can fix).
+
+    Built-in torchvision sources read `spec.root`, else `data_dir` (the service's data folder), else
+    `<cache_dir>/torchvision`."""
     seed = spec.split_seed
-    (train_x, train_y, test_x, test_y, classes), source_fp = _decoded(spec, Path(cache_dir), uploads_dir)
+    (train_x, train_y, test_x, test_y, classes), source_fp = _decoded(spec, Path(cache_dir), uploads_dir, data_dir)
     if spec.subset is not None:
         keep = random_subset(len(train_x), spec.subset, seed)
         train_x, train_y = train_x[keep], train_y[keep]

@@ -96,7 +96,8 @@ def load_torchvision(
     if missing and not download:
         raise DataError(
             f"{source}: data set not found under {root} (missing {missing[0].relative_to(root)}). "
-            "Set dataset.root to the folder that holds it, or set dataset.download=true."
+            "Set dataset.root to the folder that holds it, or set dataset.download=true (through the service: "
+            "its operator puts the files in KD_DATA_DIR)."
         )
     try:
         train_x, train_y, classes = _read(source, root, True, download)

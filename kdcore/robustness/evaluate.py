@@ -29,7 +29,7 @@ from kdcore.robustness.metrics import (
     negative_log_likelihood,
     summarize_accuracies,
 )
-from kdcore.robustness.official import load_official, official_source_label
+from kdcore.robustness.official import load_official, official_folder, official_source_label
 from kdcore.spec import EvaluateSpec
 
 GENERATED_SOURCE = "CIFAR-C-like (generated)"
@@ -116,6 +116,7 @@ def evaluate_robustness(
     test_index: torch.Tensor | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_cell: Callable[[int, int], None] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, dict]:
     """{model_name: block} with corruption_acc, mce, per_corruption, per_severity, clean_acc,
     clean_acc_same_images, robustness_retention, corrupted_ece, corrupted_nll, corrupted_reliability (the
@@ -123,7 +124,8 @@ def evaluate_robustness(
     and n_images (images per cell). test_x is uint8 (N, C, H, W); test_index (default 0..N-1) is each
     image's position in the source's test split (ImageData.test_index): it seeds the generated corruptions
     and picks the official arrays' images. Models are moved to device and put in eval mode. Raises
-    Cancelled when should_cancel() is true between cells.
+    Cancelled when should_cancel() is true between cells. Official arrays are read from
+    spec.official_root, else from data_dir/CIFAR-10-C (or CIFAR-100-C, by the class count).
     """
     names = spec.corruption_names()
     if not names or not models:
@@ -142,6 +144,7 @@ def evaluate_robustness(
                 f"this dataset's images are {tuple(test_x.shape[1:])} (C, H, W)"
             )
         num_classes = _num_classes(models, test_x, mean, std, device)
+        official_root = official_folder(spec.official_root, data_dir, num_classes)
     for model in models.values():
         model.to(device).eval()
 
@@ -153,9 +156,9 @@ def evaluate_robustness(
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         if official:
-            x, official_y = load_official(spec.official_root, name, severity, num_classes=num_classes,
+            x, official_y = load_official(official_root, name, severity, num_classes=num_classes,
                                           indices=image_ids)
-            _check_official_labels(official_y, y, spec.official_root)
+            _check_official_labels(official_y, y)
             x = x.to(device)
         else:
             x = generated_cell(clean_x, image_ids, name, severity, seed=spec.seed, device=device,
@@ -194,13 +197,13 @@ def _clean_acc(model, x, y, mean, std, device, spec: EvaluateSpec) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def _check_official_labels(official_y: torch.Tensor, test_y: torch.Tensor, root: str | None) -> None:
+def _check_official_labels(official_y: torch.Tensor, test_y: torch.Tensor) -> None:
     """The official arrays follow the CIFAR test order: their labels at the chosen positions must be
     the data set's own test labels, or every cell would score other images than the clean ones."""
     wrong = int((official_y != test_y).sum())
     if wrong:
         raise DataError(
-            f"evaluate.official_root: the labels in {root}/labels.npy differ from the data set's test labels at "
+            f"evaluate.official_root: the labels of the official arrays differ from the data set's test labels at "
             f"{wrong} of {len(test_y)} images; the official arrays must follow this data set's test order "
             "(CIFAR-10-C with cifar10, CIFAR-100-C with cifar100)"
         )

@@ -27,6 +27,16 @@ def official_source_label(num_classes: int) -> str:
     return {10: "CIFAR-10-C", 100: "CIFAR-100-C"}.get(num_classes, f"CIFAR-C ({num_classes} classes)")
 
 
+def official_folder(official_root: str | None, data_dir: Path | None, num_classes: int) -> Path:
+    """evaluate.official_root, else <data_dir>/CIFAR-10-C (or CIFAR-100-C): the service names no folder."""
+    if official_root:
+        return Path(official_root)
+    if data_dir is None:
+        raise DataError("evaluate.source 'official' needs evaluate.official_root (the folder of the "
+                        "CIFAR-10-C/100-C .npy files)")
+    return Path(data_dir) / official_source_label(num_classes)
+
+
 def _open(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"official corruption file not found: {path}")

@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import (
     TINY_SPEC,
     ApiServer,
+    assert_no_server_path,
     assert_problem,
     image_folder_files,
     module_settings,
@@ -75,6 +76,14 @@ def _good() -> dict[str, bytes]:
     return image_folder_files({"a": 2, "b": 2})
 
 
+def _corrupt_member_data(archive: bytes) -> bytes:
+    """The zip with the compressed bytes of its first member overwritten (headers intact)."""
+    data = bytearray(archive)
+    start = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+    data[start:start + 20] = b"\xff" * 20
+    return bytes(data)
+
+
 @pytest.mark.parametrize(("name", "archive", "words"), [
     ("dotdot", zip_bytes({**_good(), "../evil.png": png_bytes((1, 2, 3))}), "'..'"),
     ("absolute", targz_bytes({**_good(), "/etc/evil.png": png_bytes((1, 2, 3))}), "absolute"),
@@ -85,10 +94,16 @@ def _good() -> dict[str, bytes]:
     ("train without test", zip_bytes(image_folder_files({"a": 1, "b": 1}, prefix="train/")), "no test/"),
     ("not an archive", b"just some bytes, not a zip", "neither"),
     ("truncated zip", zip_bytes(_good())[:200], "damaged"),
+    ("file and folder of one name", zip_bytes({**_good(), "a/x.png": png_bytes((1, 2, 3)),
+                                               "a/x.png/y.png": png_bytes((1, 2, 3))}), "a/x.png/y.png"),
+    ("name too long", zip_bytes({**_good(), f"a/{'n' * 300}.png": png_bytes((1, 2, 3))}), "longer than"),
+    ("control character", zip_bytes({**_good(), "a/line\nbreak.png": png_bytes((1, 2, 3))}), "control"),
+    ("damaged deflate data", _corrupt_member_data(zip_bytes(_good(), compress=True)), "damaged"),
 ])
 def test_bad_archives_are_422_naming_the_problem(api_server: ApiServer, alice, name, archive, words):
     body = assert_problem(upload(alice, archive), 422, "file")
     assert words in body["detail"], body["detail"]
+    assert_no_server_path(json.dumps(body), api_server.settings)  # PIL's own message names the full path
     # Nothing is left behind: no data set folder, no temp files.
     root = Path(api_server.settings.artifact_dir)
     assert list((root / "tmp").iterdir()) == []
@@ -198,3 +213,88 @@ def test_kd_upload_commands(api_server: ApiServer, tmp_path, monkeypatch, capsys
     assert "shape" in capsys.readouterr().err
     assert kd(["upload-dataset", str(tmp_path / "missing.zip")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _flag_utf8(archive: bytes) -> bytes:
+    """Set the "names are UTF-8" flag (bit 11) on every entry of a zip, whatever its names hold."""
+    data = bytearray(archive)
+    for signature, flag_at in ((b"PK\x03\x04", 7), (b"PK\x01\x02", 9)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flag_at] |= 0x08
+            at = data.find(signature, at + 4)
+    return bytes(data)
+
+
+def _zip_renamed(extra: dict[str, bytes], old: bytes, new: bytes, utf8_flag: bool) -> bytes:
+    """A good archive plus `extra` files, with the bytes `old` of their names replaced by `new` (same length),
+    as a zip writer that stores names in another encoding leaves them."""
+    assert len(old) == len(new)
+    archive = zip_bytes({**_good(), **extra}).replace(old, new)
+    return _flag_utf8(archive) if utf8_flag else archive
+
+
+def _tar_with_raw_name(raw: bytes) -> bytes:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT) as archive:
+        for name, data in {**_good(), raw.decode("utf-8", "surrogateescape"): png_bytes((5, 5, 5))}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "archive"), [
+    ("zip says UTF-8, is not", _zip_renamed({"b/QQ.png": png_bytes((5, 5, 5))}, b"QQ", b"\xff\xfe", True)),
+    ("zip without the flag, not UTF-8", _zip_renamed({"QQQQ/1.png": png_bytes((5, 5, 5))}, b"QQQQ",
+                                                     "café".encode("latin-1"), False)),
+    ("tar with raw bytes", _tar_with_raw_name(b"caf\xe9/1.png")),
+])
+def test_names_that_are_not_utf8_are_refused(api_server: ApiServer, alice, name, archive):
+    body = assert_problem(upload(alice, archive), 422, "file")
+    assert "UTF-8" in body["detail"]
+    # Nothing half-stored answers 500 later: the listing and every data set still read.
+    listing = alice.get("/v1/datasets")
+    assert listing.status_code == 200
+    for item in listing.json()["items"]:
+        assert alice.get(f"/v1/datasets/{item['id']}").status_code == 200
+
+
+def test_utf8_names_without_the_flag_are_read_as_utf8(alice):
+    """Many zip writers store UTF-8 names without saying so: they are class names like any other."""
+    extra = {"QQQQQ/1.png": png_bytes((5, 5, 5)), "QQQQQ/2.png": png_bytes((6, 6, 6))}
+    response = upload(alice, _zip_renamed(extra, b"QQQQQ", "café".encode(), False))
+    assert response.status_code == 201, response.text
+    assert response.json()["classes"] == ["a", "b", "café"]
+    assert alice.get("/v1/datasets").status_code == 200
+
+
+def test_names_of_uploads_are_printable(alice):
+    archive = zip_bytes(image_folder_files({"a": 1, "b": 1}))
+    assert_problem(upload(alice, archive, name="bad\x00name"), 422, "name")
+    unicode_name = upload(alice, archive, name="猫と犬 🐈")
+    assert unicode_name.status_code == 201 and unicode_name.json()["name"] == "猫と犬 🐈"
+    # httpx escapes a control character in a file name; a hostile client need not.
+    body = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a\x01b\x00c.zip"\r\n\r\n'
+            + archive + b"\r\n--xyz--\r\n")
+    weird_file = alice.post("/v1/datasets", content=body,
+                            headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert weird_file.status_code == 201, weird_file.text
+    assert weird_file.json()["name"] == "abc"
+
+
+def test_kd_submit_dataset_id_runs_a_spec_on_an_upload(api_server: ApiServer, alice, tmp_path, monkeypatch, capsys):
+    from kdcli.main import main as kd
+
+    info = upload(alice, zip_bytes(image_folder_files({"cat": 3, "dog": 3}))).json()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({**TINY_SPEC, "dataset": {"source": "digits", "subset": 100}}))
+    key = alice.headers["Authorization"].removeprefix("Bearer ")
+    monkeypatch.setenv("KD_API_URL", api_server.base_url)
+    monkeypatch.setenv("KD_API_KEY", key)
+    assert kd(["submit", str(spec_path), "--dataset-id", info["id"]]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    dataset = alice.get(f"/v1/jobs/{job_id}").json()["spec"]["dataset"]
+    assert (dataset["source"], dataset["dataset_id"], dataset["subset"]) == ("upload", info["id"], 100)

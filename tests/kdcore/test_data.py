@@ -251,6 +251,13 @@ def test_torchvision_cifar10_format(tmp_path):
     assert len(data.val_x) == 6
 
 
+def test_torchvision_source_reads_the_data_dir_when_the_spec_names_no_root(tmp_path):
+    rows, _ = _write_tiny_cifar10(tmp_path / "service-data")  # the service passes KD_DATA_DIR
+    data = load_dataset(DatasetSpec(source="cifar10", test_subset=10), cache_dir=tmp_path / "cache",
+                        data_dir=tmp_path / "service-data")
+    assert torch.equal(data.test_x, torch.from_numpy(rows[30:36].reshape(-1, 3, 32, 32)))
+
+
 def _idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())

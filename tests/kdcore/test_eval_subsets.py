@@ -74,9 +74,9 @@ class Recorder(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def _load(root: Path, cache: Path, seed: int = 0, **options):
-    spec = DatasetSpec(source="imagefolder", root=str(root), **options)
-    return load_dataset(spec, cache_dir=cache, seed=seed)
+def _load(root: Path, cache: Path, split_seed: int = 0, **options):
+    spec = DatasetSpec(source="imagefolder", root=str(root), split_seed=split_seed, **options)
+    return load_dataset(spec, cache_dir=cache)
 
 
 def _evaluate(data, models, cache: Path, **spec):
@@ -126,11 +126,11 @@ def test_max_images_evaluates_every_class_in_equal_shares(class_sorted_folder, t
 
 
 def test_every_model_and_every_run_sees_the_same_images(class_sorted_folder, tmp_path):
-    """Two runs (other job seeds, so other train/val splits and fingerprints) and two models each:
+    """Two runs (other split seeds, so other train/val splits and fingerprints) and two models each:
     every model of every run is shown exactly the same clean and corrupted images."""
     seen = []
     for seed in (0, 1):
-        data = _load(class_sorted_folder, tmp_path, seed=seed, test_subset=60)
+        data = _load(class_sorted_folder, tmp_path, split_seed=seed, test_subset=60)
         models = {"a": Recorder(0), "b": Recorder(1)}
         _evaluate(data, models, tmp_path / f"cache{seed}", max_images=20)
         for model in models.values():

@@ -220,7 +220,7 @@ def test_every_method_trains_two_epochs_through_run(tmp_path: Path, cache_dir: P
     results = run(JobSpec.model_validate(spec), tmp_path / method, logs, cache_dir=cache_dir, device="cpu")
     history = results["student_kd"]["history"]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(e["train_loss"])) for e in history)
-    assert any(m.startswith(f"distilling: {method}: ce_weight=") for m in logs.logs)
+    assert any(f"distilling: {method}: ce_weight=" in m for m in logs.logs)
     assert results["student_kd"]["macs"] * 2 == results["student_kd"]["flops"]
     if recipe.get("augmix_jsd"):
         assert "loss_jsd" in history[0]

@@ -16,16 +16,12 @@ import torch
 from PIL import Image
 
 from kdcore.data import load_dataset
-from kdcore.evaluate import predict_logits
-from kdcore.export import load_model
 from kdcore.pipeline import run
 from kdcore.report import corruption_strip_png, render_report, write_report
 from kdcore.report.strip import MARGIN_PX, RIGHT_PX, STRIP_PANEL_PX, TOP_PX
 from kdcore.robustness import corrupt
 from kdcore.robustness.grid import GAP_PX
-from kdcore.robustness.metrics import ECE_BINS
 from kdcore.spec import JobSpec
-from kdcore.stats import describe, paired
 
 CORRUPTIONS = ["gaussian_noise", "fog", "contrast"]
 TINY = {
@@ -40,81 +36,11 @@ TINY = {
     "export": ["safetensors"],
 }
 SEEDS = (0, 1, 2)
-WEIGHTS = {"teacher": "teacher.safetensors", "student_baseline": "baseline.safetensors",
-           "student_kd": "student.safetensors"}
-SUMMARY_METRICS = ("clean_acc", "corruption_acc", "mce", "robustness_retention", "ece", "nll", "corrupted_ece",
-                   "best_val_acc", "last_epoch_acc")
-PAIRED_METRICS = ("clean_acc", "corruption_acc", "mce", "ece", "nll")
+MODELS = ("teacher", "student_baseline", "student_kd")
 MAX_BYTES = 300_000
 
 
-# ---- real runs, and the results.json fields the pipeline does not write yet ----------------------------------
-
-def _reliability_bins(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    probs = torch.softmax(logits.float(), dim=1)
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).float()
-    bins = (torch.ceil(confidence * ECE_BINS).long() - 1).clamp(0, ECE_BINS - 1)
-    out = {"confidence": [], "accuracy": [], "count": []}
-    for b in range(ECE_BINS):
-        mask = bins == b
-        n = int(mask.sum())
-        out["count"].append(n)
-        out["confidence"].append(float(confidence[mask].mean()) if n else None)
-        out["accuracy"].append(float(correct[mask].mean()) if n else None)
-    return out
-
-
-def _add_reliability(results: dict, out_dir: Path, spec: JobSpec, cache_dir: Path) -> None:
-    """Stand-in until the pipeline writes `reliability` (results.json contract): the bins of the real
-    models on the real clean and corrupted test images."""
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=spec.train.seed)
-    x, y = data.test_x, data.test_y
-    indices = torch.arange(len(x))
-    cells = [corrupt(x, c, s, seed=spec.evaluate.seed, indices=indices)
-             for c in spec.evaluate.corruption_names() for s in spec.evaluate.severities]
-    corrupted_y = y.repeat(len(cells))
-    for name, file in WEIGHTS.items():
-        if name not in results:
-            continue
-        model, _ = load_model(out_dir / file)
-        def logits(images, model=model):
-            return predict_logits(model, images, mean=data.mean, std=data.std, device=torch.device("cpu"))
-        results[name]["reliability"] = {
-            "bins": ECE_BINS,
-            "clean": _reliability_bins(logits(x), y),
-            "corrupted": _reliability_bins(logits(torch.cat(cells)), corrupted_y) if cells else None,
-        }
-
-
-def _as_multi_seed(per_seed: list[dict]) -> dict:
-    """Stand-in until the pipeline runs several seeds itself: `runs`, `summary`, `kd_vs_baseline.paired` and
-    `.per_corruption` built from separate real runs (train.seed 0, 1, 2) with kdcore.stats, as the contract
-    says. Also `macs` = flops / 2 (torch's flop counter counts a multiply-add as 2)."""
-    results = copy.deepcopy(per_seed[0])
-    runs = [{"seed": seed, "student_baseline": r["student_baseline"], "student_kd": r["student_kd"],
-             "kd_vs_baseline": r["kd_vs_baseline"]} for seed, r in zip(SEEDS, per_seed, strict=True)]
-    summary = {"teacher": {m: describe([results["teacher"].get(m)]) for m in SUMMARY_METRICS}}
-    for model in ("student_baseline", "student_kd"):
-        summary[model] = {m: describe([r[model].get(m) for r in per_seed]) for m in SUMMARY_METRICS}
-
-    def corruption_mean(block: dict, c: str) -> float:
-        return float(np.mean(list(block["per_corruption"][c].values())))
-
-    results["kd_vs_baseline"]["paired"] = {
-        m: paired([r["student_kd"][m] for r in per_seed], [r["student_baseline"][m] for r in per_seed])
-        for m in PAIRED_METRICS
-    }
-    results["kd_vs_baseline"]["per_corruption"] = {
-        c: paired([corruption_mean(r["student_kd"], c) for r in per_seed],
-                  [corruption_mean(r["student_baseline"], c) for r in per_seed])
-        for c in CORRUPTIONS
-    }
-    for name in WEIGHTS:
-        results[name]["macs"] = results[name]["flops"] // 2
-    results.update(runs=runs, exported_seed=SEEDS[0], seeds=list(SEEDS), summary=summary)
-    return results
-
+# ---- real runs ----------------------------------------------------------------------------------------------
 
 def _run(tmp: Path, cache_dir: Path, name: str, **changes) -> tuple[dict, JobSpec, Path]:
     spec = JobSpec.model_validate({**TINY, **changes})
@@ -124,27 +50,31 @@ def _run(tmp: Path, cache_dir: Path, name: str, **changes) -> tuple[dict, JobSpe
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory, cache_dir) -> dict[str, dict]:
-    """Real digits jobs, seconds each: three seeds of the full job, one without corruptions, one without a
-    baseline and with calibration off."""
+    """Real digits jobs, seconds each: one seed, three seeds (teacher shared through the cache), one without
+    corruptions, one without a baseline and with calibration off. The pipeline writes each one's report."""
     tmp = tmp_path_factory.mktemp("report-jobs")
-    per_seed = []
-    for seed in SEEDS:
-        results, spec, out = _run(tmp, cache_dir, f"seed{seed}", train={**TINY["train"], "seed": seed})
-        _add_reliability(results, out, spec, cache_dir)
-        per_seed.append(results)
-    clean_only, spec, out = _run(tmp, cache_dir, "clean-only", evaluate={"corruptions": "none"})
-    _add_reliability(clean_only, out, spec, cache_dir)
+    single, spec, single_out = _run(tmp, cache_dir, "single")
+    multi, _, _ = _run(tmp, cache_dir, "multi", seeds=list(SEEDS),
+                       train={k: v for k, v in TINY["train"].items() if k != "seed"})
+    clean_only, _, _ = _run(tmp, cache_dir, "clean-only", evaluate={"corruptions": "none"})
     no_baseline, _, _ = _run(tmp, cache_dir, "no-baseline", baseline=False,
                              evaluate={**TINY["evaluate"], "calibration": False})
-    data = load_dataset(spec.dataset, cache_dir=cache_dir, seed=0)
+    data = load_dataset(spec.dataset, cache_dir=cache_dir)
     return {
-        "single": per_seed[0],
-        "multi": _as_multi_seed(per_seed),
+        "single": single,
+        "single_out": single_out,
+        "multi": multi,
         "clean_only": clean_only,
         "no_baseline": no_baseline,
         "strip": corruption_strip_png(data.test_x[:3], CORRUPTIONS, severity=3, seed=0),
         "strip_images": data.test_x[:3],
     }
+
+
+def test_the_pipeline_writes_the_report_beside_results(jobs):
+    html = (jobs["single_out"] / "report.html").read_text()
+    assert "<svg" in html and "report-tiny" in html
+    assert len(html.encode()) < MAX_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -419,11 +349,11 @@ def test_user_strings_are_escaped_everywhere(jobs):
     results["dataset"]["classes"] = evil_classes
     results["student_kd"]["arch"] = "<i>resnet8</i>"
 
-    def rename(block: dict) -> None:
-        if "per_corruption" in block:
+    def rename(block: dict) -> None:  # top-level blocks are the exported run's own dicts: rename once
+        if "fog" in block.get("per_corruption", {}):
             block["per_corruption"][evil_corruption] = block["per_corruption"].pop("fog")
 
-    for block in [results[m] for m in WEIGHTS] + [r[m] for r in results["runs"] for m in
+    for block in [results[m] for m in MODELS] + [r[m] for r in results["runs"] for m in
                                                    ("student_kd", "student_baseline")]:
         rename(block)
     results["kd_vs_baseline"]["per_corruption"][evil_corruption] = results["kd_vs_baseline"]["per_corruption"].pop(

@@ -183,6 +183,12 @@ def test_official_arrays_are_read_at_the_test_images_positions(tmp_path):
     assert block["clean_acc_same_images"] == pytest.approx(same)
     with pytest.raises(DataError, match="32x32 RGB"):
         _run(tmp_path, spec, {"m": model}, torch.zeros(4, 1, 28, 28, dtype=torch.uint8), y[:4])
+    # The service names no folder: the arrays come from its data folder, under the release's own name.
+    from_data_dir = _run(tmp_path, EvaluateSpec(**CELLS, source="official", max_images=6), {"m": model}, x, y,
+                         data_dir=tmp_path, test_index=test_index)["m"]
+    assert from_data_dir["per_corruption"] == block["per_corruption"]
+    with pytest.raises(DataError, match="official_root"):
+        _run(tmp_path, EvaluateSpec(**CELLS, source="official"), {"m": model}, x, y)
 
 
 def test_official_arrays_must_follow_the_data_sets_test_order(tmp_path):

@@ -47,7 +47,13 @@ BAD_SPECS = [
     ("repeated severity", "evaluate.severities", [2, 2], "evaluate.severities", "repeat"),
     ("unknown key", "distill.temprature", 4.0, "distill.temprature", "Extra inputs"),
     ("imagefolder without root", "dataset.source", "imagefolder", "dataset", "dataset.root"),
-    ("official without root", "evaluate.source", "official", "evaluate", "official_root"),
+    ("seed above int64", "train.seed", 2**63, "train.seed", "less than or equal to"),
+    ("evaluate seed above int64", "evaluate.seed", 10**30, "evaluate.seed", "less than or equal to"),
+    ("infinite weight", "distill.dkd_beta", float("inf"), "distill.dkd_beta", "finite"),
+    ("NaN temperature", "distill.temperature", float("nan"), "distill.temperature", "finite"),
+    ("10,000 severities", "evaluate.severities", [1] * 10_000, "evaluate.severities", "at most 5"),
+    ("10,000 milestones", "train.milestones", [1] * 10_000, "train.milestones", "at most 100"),
+    ("too many exports", "export", ["onnx"] * 4, "export", "at most 3"),
     ("unknown export", "export", ["pickle"], "export", "safetensors"),
     ("bad optimizer", "train.optimizer", "lbfgs", "train.optimizer", "adamw"),
     ("val_fraction 0", "dataset.val_fraction", 0, "dataset.val_fraction", "greater than 0"),
@@ -108,6 +114,17 @@ def test_seeds_default_to_train_seed_and_a_dumped_spec_validates_again() -> None
     assert "seed" not in dumped["train"] and dumped["seeds"] == [5, 2**63 - 1, 0]
     assert JobSpec.model_validate(dumped) == spec
     assert JobSpec.model_validate(single).model_dump(mode="json")["train"]["seed"] == 0
+
+
+def test_teacher_rule_is_in_the_json_schema() -> None:
+    teacher = JobSpec.model_json_schema()["$defs"]["TeacherSpec"]
+    assert sorted(tuple(branch["required"]) for branch in teacher["anyOf"]) == [("train",), ("weights",)]
+
+
+def test_official_source_needs_no_root_in_the_spec() -> None:
+    # The service reads the official arrays from its data folder; `kd run` names the folder (or fails early).
+    spec = JobSpec.model_validate({**_with("evaluate.source", "official"), "dataset": {"source": "cifar10"}})
+    assert spec.evaluate.official_root is None
 
 
 def test_defaults_follow_design() -> None:
