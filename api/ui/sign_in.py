@@ -50,7 +50,8 @@ def sign_in(request: Request, session: SessionDep, key: Annotated[str, Form(max_
     try:
         working_key(session, key)
     except AuthError as exc:  # unknown, revoked or expired: the same words as a 401 of /v1
-        return _sign_in_page(request, next, f"{str(exc).capitalize()}.", 422)
+        reason = str(exc)
+        return _sign_in_page(request, next, f"{reason[:1].upper()}{reason[1:]}.", 422)
     response = see_other(auth.safe_next(next))
     auth.set_key_cookie(response, request, key)
     response.delete_cookie(auth.SIGNIN_COOKIE, path=auth.SIGN_IN_PATH, httponly=True, samesite="strict")

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy import delete
 
 from kdservice.db import make_engine, make_sessionmaker
-from kdservice.security import hash_key
-from kdservice.tables import ApiKey
+from kdservice.security import find_api_key, revoke_api_key
 from tests.browser.browser_harness import PageWatch
 from tests.browser.ui_checks import check_and_capture, sign_in
 from tests.helpers import ApiServer, image_folder_files, tiny_spec, zip_bytes
@@ -30,9 +28,10 @@ def submit_api(api_server: ApiServer, key: str, name: str) -> str:
 
 
 def revoke(api_server: ApiServer, key: str) -> None:
+    """What `kd admin revoke-key` does."""
     engine = make_engine(api_server.settings.database_url)
     with make_sessionmaker(engine).begin() as session:
-        session.execute(delete(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+        revoke_api_key(session, find_api_key(session, key).id)
     engine.dispose()
 
 
@@ -62,9 +61,12 @@ def test_pages_need_a_valid_key_cookie(page: Page, page_watch: PageWatch, api_se
     cookie = next(c for c in page.context.cookies() if c["name"] == "kd_ui_key")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
 
-    revoke(api_server, key)  # a key removed from the database signs its pages out at once
+    revoke(api_server, key)  # a revoked key signs its pages out at once, and cannot sign in again
     page.goto("/ui/jobs")
     expect(page).to_have_url(re.compile(r"/ui/sign-in"))
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_label("API key")).to_have_accessible_description("This API key was revoked.")
 
 
 def test_another_owners_job_is_404_as_in_the_api(page: Page, page_watch: PageWatch, api_server: ApiServer):
