@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import signal
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -364,3 +366,21 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         body += chunk
     return int(lines[0].split()[1]), headers, body
+
+
+def write_tiny_cifar10(root: Path, per_batch: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The CIFAR-10 python format: pickled dicts of uint8 rows (R plane, G plane, B plane)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": y}, f)
+        rows.append(data)
+        labels.append(y)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return np.concatenate(rows), np.concatenate(labels)

@@ -22,9 +22,9 @@ from tests.helpers import (
     image_folder_files,
     module_settings,
     serve,
+    write_tiny_cifar10,
     zip_bytes,
 )
-from tests.kdcore.test_data import _write_tiny_cifar10 as write_tiny_cifar10
 from worker import tasks
 
 
@@ -83,7 +83,8 @@ def test_server_paths_and_downloads_are_refused(api_server: ApiServer, alice, da
 
 
 @pytest.mark.parametrize(("spec", "field"), [
-    (_with(evaluate={"source": "official", "official_root": "/srv/CIFAR-10-C"}), "evaluate.official_root"),
+    (_with(dataset={"source": "cifar10"}, evaluate={"source": "official", "official_root": "/srv/CIFAR-10-C"}),
+     "evaluate.official_root"),
     (_with(evaluate={"official_root": "CIFAR-10-C"}), "evaluate.official_root"),
     (_with(teacher={"arch": "resnet8", "weights": "/etc/passwd"}), "teacher.weights"),
     (_with(teacher={"arch": "resnet8", "weights": "../models/x.safetensors"}), "teacher.weights"),
@@ -95,7 +96,8 @@ def test_other_path_fields_are_refused(api_server: ApiServer, alice, spec, field
 
 
 def test_official_evaluation_needs_no_folder_in_the_spec(alice):
-    assert alice.post("/v1/jobs", json=_with(evaluate={"source": "official"})).status_code == 201
+    spec = _with(dataset={"source": "cifar10"}, evaluate={"source": "official"})
+    assert alice.post("/v1/jobs", json=spec).status_code == 201
 
 
 def _run_in_worker(server: ApiServer, client, spec: dict) -> dict:
@@ -135,12 +137,14 @@ def test_job_errors_never_show_server_paths(api_server: ApiServer, alice, damage
 def test_builtin_sources_and_official_arrays_come_from_the_data_dir(api_server: ApiServer, alice):
     """cifar10 with no root: the worker reads KD_DATA_DIR, and official CIFAR-10-C from KD_DATA_DIR/CIFAR-10-C."""
     data_dir = Path(api_server.settings.data_dir)
-    write_tiny_cifar10(data_dir)
+    _, labels = write_tiny_cifar10(data_dir)
     official = data_dir / "CIFAR-10-C"
     official.mkdir()
     rng = np.random.default_rng(0)
     np.save(official / "gaussian_noise.npy", rng.integers(0, 256, (5 * 10, 32, 32, 3), dtype=np.uint8))
-    np.save(official / "labels.npy", np.tile(np.arange(10), 5))
+    # The arrays follow the CIFAR test order: the first 6 labels are the tiny test split's own.
+    per_severity = np.concatenate([labels[30:36], np.zeros(4, dtype=labels.dtype)])
+    np.save(official / "labels.npy", np.tile(per_severity, 5))
     spec = _with(dataset={"source": "cifar10", "subset": None, "test_subset": None},
                  teacher={"arch": "resnet8", "train": {"epochs": 1, "batch_size": 16}},
                  train={"epochs": 1, "batch_size": 16},

@@ -19,6 +19,7 @@ from kdcore.data import load_dataset
 from kdcore.data.splits import stratified_split
 from kdcore.errors import DataError
 from kdcore.spec import DatasetSpec
+from tests.helpers import write_tiny_cifar10
 from tests.paths import CIFAR_TARBALL
 
 
@@ -221,26 +222,8 @@ def test_second_load_reads_the_cache_not_the_images(tmp_path):
 
 # ---- torchvision formats --------------------------------------------------------------------------
 
-def _write_tiny_cifar10(root: Path, per_batch: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """The CIFAR-10 python format: pickled dicts of uint8 rows (R plane, G plane, B plane)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows, labels = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        y = [int(v) for v in rng.integers(0, 10, per_batch)]
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": y}, f)
-        rows.append(data)
-        labels.append(y)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
-    return np.concatenate(rows), np.concatenate(labels)
-
-
 def test_torchvision_cifar10_format(tmp_path):
-    rows, labels = _write_tiny_cifar10(tmp_path / "tv")
+    rows, labels = write_tiny_cifar10(tmp_path / "tv")
     data = _load(tmp_path, source="cifar10", root=str(tmp_path / "tv"), val_fraction=0.2, test_subset=10)
     assert data.classes == [f"class{i}" for i in range(10)] and data.image_size == 32
     assert torch.equal(data.test_x, torch.from_numpy(rows[30:36].reshape(-1, 3, 32, 32)))  # official order
@@ -252,7 +235,7 @@ def test_torchvision_cifar10_format(tmp_path):
 
 
 def test_torchvision_source_reads_the_data_dir_when_the_spec_names_no_root(tmp_path):
-    rows, _ = _write_tiny_cifar10(tmp_path / "service-data")  # the service passes KD_DATA_DIR
+    rows, _ = write_tiny_cifar10(tmp_path / "service-data")  # the service passes KD_DATA_DIR
     data = load_dataset(DatasetSpec(source="cifar10", test_subset=10), cache_dir=tmp_path / "cache",
                         data_dir=tmp_path / "service-data")
     assert torch.equal(data.test_x, torch.from_numpy(rows[30:36].reshape(-1, 3, 32, 32)))
