@@ -10,12 +10,15 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import Database
 from api.metrics import JobCollector
 from api.problems import install_problem_handlers, problem_response
 from api.routes import datasets, events, health, jobs, models
 from api.uploads import UploadTooLarge
-from kdservice.db import make_engine, make_sessionmaker, upgrade_database
+from kdservice.db import make_engine, upgrade_database
+from kdservice.queue import ensure_broker_folders
 from kdservice.settings import Settings, get_settings
+from kdservice.tmpfiles import remove_stale
 
 UPLOAD_PATHS = ("/v1/datasets", "/v1/models")
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the file
@@ -68,11 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for folder in (settings.jobs_dir, settings.datasets_dir, settings.models_dir, settings.tmp_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    ensure_broker_folders(settings)
+    engine = make_engine(settings.database_url, settings.db_pool_size, settings.db_wait_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(upgrade_database, settings.database_url)
+        await anyio.to_thread.run_sync(remove_stale, settings.tmp_dir, settings.tmp_max_age_seconds)
         yield
         engine.dispose()
 
@@ -80,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessions = make_sessionmaker(engine)
+    app.state.db = Database(engine, settings.db_pool_size, settings.db_wait_seconds)
+    app.state.sessions = app.state.db.sessions
     app.state.metrics_registry = CollectorRegistry(auto_describe=False)
     app.state.metrics_registry.register(JobCollector(app.state.sessions))
     install_problem_handlers(app)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +36,27 @@ class Settings(BaseSettings):
     upload_max_files: int = Field(200_000, ge=1, description="most members a dataset archive may hold")
     events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")
     events_heartbeat_seconds: float = Field(15.0, gt=0, description="SSE comment sent when nothing changed")
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes `make up` starts for the API")
+    db_pool_size: int = Field(
+        10, ge=1, description="database connections (and concurrent database calls) per API process",
+    )
+    db_wait_seconds: float = Field(
+        10.0, gt=0, description="longest a request waits for a database connection; then 503 + Retry-After",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "warning", description="log level of make up, the API and the workers (migrations, Celery's banner)",
+    )
+    worker_stale_seconds: float = Field(
+        60.0, gt=0, description="/readyz fails when no worker has sent a heartbeat for this long",
+    )
+    tmp_max_age_seconds: float = Field(
+        3600.0, gt=0, description="leftover upload/extraction files under tmp/ untouched this long are removed",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -43,7 +65,6 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.artifact_dir / 'kd.db'}"
         return self
-
 
     # Every folder under artifact_dir is named here and nowhere else.
     def job_dir(self, job_id: str) -> Path:
