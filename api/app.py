@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(upgrade_database, settings.database_url)
         await anyio.to_thread.run_sync(remove_stale, settings.tmp_dir, settings.tmp_max_age_seconds)
         yield
-        engine.dispose()
+        app.state.db.shutdown()
 
     app = FastAPI(title="kd-service", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan)

@@ -14,10 +14,11 @@ connection (the pairing that once stopped the API under ~40 concurrent requests)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, TypeVar
 
-import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
@@ -33,27 +34,32 @@ T = TypeVar("T")
 
 
 class Database:
-    """The API process's engine, its session factory, and the slots that bound concurrent database work."""
+    """The API process's engine, its session factory, and the slots that bound concurrent database work.
+
+    Plain asyncio (uvicorn runs it): a semaphore and a thread pool of the same size cost a fraction of
+    anyio's limiter and worker-thread machinery on this, the hottest path (docs/BENCHMARKS.md)."""
 
     def __init__(self, engine: Engine, slots: int, wait_seconds: float):
         self.engine = engine
         self.sessions = make_sessionmaker(engine)
         self.wait_seconds = wait_seconds
-        self._slots = anyio.CapacityLimiter(slots)
+        self._slots = asyncio.Semaphore(slots)
         # As many threads as slots: a slot holder never waits for a thread either.
-        self._threads = anyio.CapacityLimiter(slots)
+        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="kd-db")
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """work(session) in a database thread, once a slot is free (503 busy after wait_seconds)."""
-        token = object()
-        with anyio.move_on_after(self.wait_seconds) as waited:
-            await self._slots.acquire_on_behalf_of(token)
-        if waited.cancelled_caught:
-            raise busy("every database connection stayed busy")
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.wait_seconds)
+            except TimeoutError:
+                raise busy("every database connection stayed busy") from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         try:
-            return await anyio.to_thread.run_sync(self._in_session, work, limiter=self._threads)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self._in_session, work)
         finally:
-            self._slots.release_on_behalf_of(token)
+            self._slots.release()
 
     def _in_session(self, work: Callable[[Session], T]) -> T:
         with self.sessions() as session:
@@ -62,12 +68,16 @@ class Database:
     async def close(self, session: Session) -> None:
         """Close a session; one that holds a connection is closed in a thread (a rollback is I/O)."""
         if session.in_transaction():
-            await anyio.to_thread.run_sync(session.close, limiter=self._threads)
+            await asyncio.get_running_loop().run_in_executor(self._threads, session.close)
         else:
             session.close()
 
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=False)
+        self.engine.dispose()
 
-def get_database(request: Request) -> Database:
+
+async def get_database(request: Request) -> Database:  # async: a sync dependency costs a thread hop
     return request.app.state.db
 
 
@@ -76,7 +86,7 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 async def _session(request: Request) -> AsyncIterator[Session]:
-    database = get_database(request)
+    database: Database = request.app.state.db
     session = database.sessions()
     try:
         yield session
@@ -92,19 +102,29 @@ def _unauthorized(detail: str) -> ProblemError:
 _bearer = HTTPBearer(auto_error=False, description="an API key from `kd admin create-key NAME`")
 
 
-async def get_owner(
+async def get_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    """The API key row of `Authorization: Bearer <key>`; 401 problem when missing or unknown."""
+) -> str:
+    """The key of `Authorization: Bearer <key>` (not looked up yet); 401 problem when missing."""
     if credentials is None or not credentials.credentials.strip():
         if request.headers.get("authorization"):
             raise _unauthorized("Authorization must be 'Bearer <API key>'")
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <API key>'")
-    key = credentials.credentials.strip()
-    row = await get_database(request).run(lambda session: find_api_key(session, key))
+    return credentials.credentials.strip()
+
+
+def authenticate(session: Session, key: str) -> ApiKey:
+    """The API key row of key; 401 problem when unknown."""
+    row = find_api_key(session, key)
     if row is None:
         raise _unauthorized("unknown API key")
     return row
+
+
+async def get_owner(request: Request, key: Annotated[str, Depends(get_api_key)]) -> ApiKey:
+    """The caller's API key row (its own short database call); 401 problem when missing or unknown."""
+    database: Database = request.app.state.db
+    return await database.run(lambda session: authenticate(session, key))
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
@@ -112,6 +132,9 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # scope="function": closed when the route function returns, before the response (or a stream) is sent.
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 OwnerDep = Annotated[ApiKey, Depends(get_owner)]
+# For a route that looks the key up itself, in its one database call (only where no request validation
+# can fail: a 422 must not come before the 401 of an unknown key).
+ApiKeyDep = Annotated[str, Depends(get_api_key)]
 
 
 def owned(session: Session, table: type[T], row_id: str | None, owner: ApiKey) -> T | None:

@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import DatabaseDep, OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
+from api.deps import ApiKeyDep, DatabaseDep, OwnerDep, SessionDep, SettingsDep, authenticate, owned, owned_or_404
 from api.problems import Problem, ProblemError
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
 from kdcore.artifacts import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
@@ -167,8 +167,11 @@ def _job_page(session: Session, owner: ApiKey, limit: int, cursor: str | None,
 
 @router.get("/{job_id}", response_model=JobDetail, summary="State, progress, transitions, results summary",
             responses=ERRORS)
-async def get_job(job_id: str, owner: OwnerDep, db: DatabaseDep) -> Response:
-    return await db.run(lambda session: _json(job_detail(session, get_owned_job(session, owner, job_id))))
+async def get_job(job_id: str, key: ApiKeyDep, db: DatabaseDep) -> Response:
+    def work(session: Session) -> Response:  # the owner lookup and the job in one database call
+        return _json(job_detail(session, get_owned_job(session, authenticate(session, key), job_id)))
+
+    return await db.run(work)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobDetail, summary="Ask a job to stop",
