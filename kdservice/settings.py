@@ -13,6 +13,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# uvicorn's idle keep-alive: longer than a load balancer's usual 60 s, so the server never closes a
+# connection the balancer (or a busy client) is about to reuse.
+API_KEEP_ALIVE_SECONDS = 75
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KD_", extra="ignore")

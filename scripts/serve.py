@@ -39,14 +39,13 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from kdservice import workers  # noqa: E402
 from kdservice.db import make_engine, make_sessionmaker, upgrade_database  # noqa: E402
 from kdservice.security import create_api_key, find_api_key  # noqa: E402
-from kdservice.settings import Settings, get_settings  # noqa: E402
+from kdservice.settings import API_KEEP_ALIVE_SECONDS, Settings, get_settings  # noqa: E402
 from kdservice.tables import utcnow  # noqa: E402
 
 GRACE_SECONDS = 20  # a worker hands its running job back at the next cancel poll (seconds)
 STABLE_SECONDS = 60  # a child that ran this long before dying restarts after 1 s again
 MAX_BACKOFF_SECONDS = 60
 WORKERS_READY_TIMEOUT_S = 120
-KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections: longer than a load balancer's usual 60 s
 MARKER = "KD_SUPERVISOR"
 
 log = logging.getLogger("kd.serve")
@@ -56,7 +55,7 @@ def api_command(settings: Settings) -> list[str]:
     """Arguments after `python` that run the API as `make up` does (also used by tests and bench/)."""
     return ["-m", "uvicorn", "api.app:create_app", "--factory", "--host", settings.host,
             "--port", str(settings.port), "--workers", str(settings.api_workers),
-            "--log-level", settings.log_level, "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)]
+            "--log-level", settings.log_level, "--timeout-keep-alive", str(API_KEEP_ALIVE_SECONDS)]
 
 
 def ensure_local_key(settings: Settings) -> str:
