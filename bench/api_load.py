@@ -7,7 +7,7 @@ client is raw asyncio streams with HTTP/1.1 keep-alive (uvloop when installed), 
 the CPU to the server; its own CPU seconds are reported (`client_cpu_s`).
 
     python bench/api_load.py [--routes get list post] [--concurrency 1 10 50 200 500] [--duration 5]
-                             [--api-workers N] [--repo PATH] [--url URL --key KEY]
+                             [--api-workers N] [--repo PATH] [--uvicorn-args ARGS] [--url URL --key KEY]
 
 `--repo` serves another checkout (e.g. an export of an older commit) for before/after figures;
 `--url/--key` load a server that is already running. Prints one JSON line per (route, concurrency),
@@ -122,7 +122,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(repo: Path, var_dir: Path, api_workers: int | None) -> tuple[subprocess.Popen, str, str]:
+def start_server(repo: Path, var_dir: Path, api_workers: int | None,
+                 extra: list[str] = ()) -> tuple[subprocess.Popen, str, str]:
     """The API as serve.py runs it, on var_dir; returns (process, url, API key)."""
     env = {**os.environ, "KD_ARTIFACT_DIR": str(var_dir), "KD_DATABASE_URL": f"sqlite:///{var_dir}/kd.db",
            "KD_BROKER_URL": "filesystem://", "PYTHONPATH": str(repo)}
@@ -146,7 +147,7 @@ def start_server(repo: Path, var_dir: Path, api_workers: int | None) -> tuple[su
                                     **({"api_workers": api_workers} if api_workers else {})))
     except ImportError:  # an older checkout: plain uvicorn, as its serve.py ran it
         args = ["-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([sys.executable, *args], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, *args, *extra], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an already running API (with --key) instead of starting one")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--seed-jobs", type=int, default=50)
+    parser.add_argument("--uvicorn-args", default="", help='appended to the server command, e.g. '
+                        '"--http h11 --loop asyncio" (what uvicorn picks without uvicorn[standard])')
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url, key = args.url, args.key
         else:
-            proc, url, key = start_server(args.repo.resolve(), Path(tmp), args.api_workers)
+            proc, url, key = start_server(args.repo.resolve(), Path(tmp), args.api_workers,
+                                          args.uvicorn_args.split())
         try:
             job_id = seed_jobs(url, key, args.seed_jobs)
             requests = {"get": _request("GET", f"/v1/jobs/{job_id}", key),
