@@ -1,8 +1,9 @@
 """SIGKILL a worker at random moments of a small job; count what survives. Prints JSON.
 
-Each trial submits a tiny job (digits, resnet8, teacher + baseline + distillation, ONNX export), waits
+Each trial submits a small job (digits, resnet20 -> resnet8, teacher + baseline + distillation, ONNX
+export), waits
 until the job reaches a randomly chosen moment (training: one of the three training phases, then up
-to 1.5 s more; evaluating or exporting, then up to 0.2 s more), SIGKILLs the worker's whole process group (parent and
+to 2 s more; evaluating or exporting, then up to 0.2 s more), SIGKILLs the worker's whole process group (parent and
 training child at once) and starts a new worker, which finds the job through the sweeper (lease expiry)
 and resumes it. Counted over the trials:
 
@@ -17,7 +18,7 @@ and resumes it. Counted over the trials:
     python bench/chaos.py [--trials 20] [--backend embedded|redis-postgres] [--seed 0]
 
 `redis-postgres` needs KD_TEST_REDIS_URL and KD_TEST_POSTGRES_URL (scripts/ci-services.sh starts both);
-the run uses its own PostgreSQL schema and drops it afterwards.
+the run uses its own PostgreSQL schema (dropped afterwards) and Redis database 13.
 """
 
 from __future__ import annotations
@@ -48,17 +49,19 @@ from kdservice.settings import Settings  # noqa: E402
 from kdservice.tables import Job, JobMetric, JobTransition, Worker, utcnow  # noqa: E402
 from scripts.serve import api_command  # noqa: E402
 
+# Each training phase lasts a few seconds on one CPU thread, so a kill can land inside it.
 SPEC = {
-    "name": "chaos", "dataset": {"source": "digits", "subset": 480, "test_subset": 100},
-    "teacher": {"arch": "resnet8", "reuse": False, "train": {"epochs": 3, "batch_size": 64, "lr": 0.1}},
+    "name": "chaos", "dataset": {"source": "digits", "subset": 1200, "test_subset": 100},
+    "teacher": {"arch": "resnet20", "reuse": False, "train": {"epochs": 6, "batch_size": 64, "lr": 0.1}},
     "student": {"arch": "resnet8"}, "distill": {"method": "kd"},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.1}, "baseline": True,
+    "train": {"epochs": 6, "batch_size": 64, "lr": 0.1}, "baseline": True,
     "evaluate": {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 3], "max_images": 100,
                  "latency": False},
     "export": ["safetensors", "onnx"],
 }
 MOMENTS = ["training", "evaluating", "exporting"]
 LEASE_SECONDS = 3
+CHAOS_REDIS_DB = 13
 JOB_TIMEOUT_S = 600
 
 
@@ -156,7 +159,7 @@ def trial(rig: Rig, rng: random.Random) -> dict:
     moment = rng.choice(MOMENTS)
     target = rng.choice(list(TRAIN_PHASES.values())) if moment == "training" else moment
     # Training phases last seconds, evaluating and exporting about one: a shorter random wait for those.
-    delay = rng.uniform(0, 1.5) if moment == "training" else rng.uniform(0, 0.2)
+    delay = rng.uniform(0, 2.0) if moment == "training" else rng.uniform(0, 0.2)
     job_id = rig.http.post("/v1/jobs", json=SPEC).json()["id"]
 
     def reached() -> str | None:
@@ -194,6 +197,9 @@ def backend_urls(backend: str, var_dir: Path) -> tuple[str, str, str | None]:
     redis_url, pg_url = os.environ.get("KD_TEST_REDIS_URL"), os.environ.get("KD_TEST_POSTGRES_URL")
     if not (redis_url and pg_url):
         raise SystemExit("redis-postgres needs KD_TEST_REDIS_URL and KD_TEST_POSTGRES_URL (scripts/ci-services.sh)")
+    # A Redis database of its own: the tests use the same server, and a worker of theirs must not take
+    # (and drop, as not claimable) a message of ours, nor ours theirs.
+    redis_url = redis_url.rsplit("/", 1)[0] + f"/{CHAOS_REDIS_DB}"
     schema = f"kd_chaos_{uuid.uuid4().hex[:10]}"
     with create_engine(pg_url).begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from api.deps import ApiKeyDep, DatabaseDep, OwnerDep, SessionDep, SettingsDep, authenticate, owned, owned_or_404
 from api.problems import Problem, ProblemError
@@ -153,7 +153,8 @@ async def list_jobs(
 
 def _job_page(session: Session, owner: ApiKey, limit: int, cursor: str | None,
               status: list[JobState] | None) -> JobPage:
-    query = select(Job).where(Job.owner_id == owner.id)
+    # A summary shows neither the spec nor the results: not loading (and JSON-decoding) them per row.
+    query = select(Job).options(defer(Job.spec), defer(Job.results_summary)).where(Job.owner_id == owner.id)
     if status:
         query = query.where(Job.state.in_(status))
     if cursor:
