@@ -15,7 +15,7 @@ from api.metrics import JobCollector
 from api.problems import install_problem_handlers, problem_response
 from api.routes import datasets, events, health, jobs, models
 from api.uploads import UploadTooLarge
-from kdservice.db import make_engine, upgrade_database
+from kdservice.db import is_local_sqlite, make_engine, upgrade_database
 from kdservice.queue import ensure_broker_folders
 from kdservice.settings import Settings, get_settings
 from kdservice.tmpfiles import remove_stale
@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.db = Database(engine, settings.db_pool_size, settings.db_wait_seconds)
+    reader = make_engine(settings.database_url, 1) if is_local_sqlite(settings.database_url) else None
+    app.state.db = Database(engine, settings.db_pool_size, settings.db_wait_seconds, reader)
     app.state.sessions = app.state.db.sessions
     app.state.metrics_registry = CollectorRegistry(auto_describe=False)
     app.state.metrics_registry.register(JobCollector(app.state.sessions))

@@ -6,7 +6,10 @@ connection (the pairing that once stopped the API under ~40 concurrent requests)
 - `Database.run(work)`: wait (asynchronously, first come first served, at most KD_DB_WAIT_SECONDS) for
   one of KD_DB_POOL_SIZE slots, then run `work(session)` in a thread of its own with a session opened
   and closed there. Slots equal the pool's connections, so a slot holder never waits for one. A
-  request that waits too long gets 503 + Retry-After. The owner lookup and the hot job routes use it.
+  request that waits too long gets 503 + Retry-After. Submitting a job uses it.
+- `Database.read(work)`: the same for a read (the owner lookup, get and list jobs), except on a local
+  SQLite file, where it runs in the event loop on a connection of its own: WAL readers never wait for
+  the writer, and such a read costs less than the hop to a thread.
 - `SessionDep` (the other routes): a session for the duration of the route function, closed before
   the response is sent (also for streams) in one of the database threads. Its connection is checked
   out when first used, from the pool's overflow, waiting at most KD_DB_WAIT_SECONDS (503 after).
@@ -39,13 +42,23 @@ class Database:
     Plain asyncio (uvicorn runs it): a semaphore and a thread pool of the same size cost a fraction of
     anyio's limiter and worker-thread machinery on this, the hottest path (docs/BENCHMARKS.md)."""
 
-    def __init__(self, engine: Engine, slots: int, wait_seconds: float):
+    def __init__(self, engine: Engine, slots: int, wait_seconds: float, reader: Engine | None = None):
         self.engine = engine
         self.sessions = make_sessionmaker(engine)
         self.wait_seconds = wait_seconds
         self._slots = asyncio.Semaphore(slots)
         # As many threads as slots: a slot holder never waits for a thread either.
         self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="kd-db")
+        self._reader = make_sessionmaker(reader) if reader is not None else None
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """A read-only work(session). With a reader engine (local SQLite: WAL readers never wait for the
+        writer, and a small read takes less than the hop to a thread costs) it runs in the event loop on
+        the reader's own connection; otherwise as run()."""
+        if self._reader is None:
+            return await self.run(work)
+        with self._reader() as session:
+            return work(session)
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """work(session) in a database thread, once a slot is free (503 busy after wait_seconds)."""
@@ -75,6 +88,8 @@ class Database:
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False)
         self.engine.dispose()
+        if self._reader is not None:
+            self._reader.kw["bind"].dispose()
 
 
 async def get_database(request: Request) -> Database:  # async: a sync dependency costs a thread hop
@@ -124,7 +139,7 @@ def authenticate(session: Session, key: str) -> ApiKey:
 async def get_owner(request: Request, key: Annotated[str, Depends(get_api_key)]) -> ApiKey:
     """The caller's API key row (its own short database call); 401 problem when missing or unknown."""
     database: Database = request.app.state.db
-    return await database.run(lambda session: authenticate(session, key))
+    return await database.read(lambda session: authenticate(session, key))
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]

@@ -47,6 +47,12 @@ def make_engine(database_url: str, pool_size: int | None = None, pool_timeout: f
     return create_engine(url, pool_pre_ping=True, **pool)
 
 
+def is_local_sqlite(database_url: str) -> bool:
+    """A SQLite file (not in memory): local, and in WAL mode its readers never wait for the writer."""
+    url = make_url(database_url)
+    return url.get_backend_name() == "sqlite" and bool(url.database) and url.database != ":memory:"
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

@@ -148,7 +148,7 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=500, description="from the last page")] = None,
     status: Annotated[list[JobState] | None, Query(description="only these states (repeatable)")] = None,
 ) -> Response:
-    return await db.run(lambda session: _json(_job_page(session, owner, limit, cursor, status)))
+    return await db.read(lambda session: _json(_job_page(session, owner, limit, cursor, status)))
 
 
 def _job_page(session: Session, owner: ApiKey, limit: int, cursor: str | None,
@@ -172,7 +172,7 @@ async def get_job(job_id: str, key: ApiKeyDep, db: DatabaseDep) -> Response:
     def work(session: Session) -> Response:  # the owner lookup and the job in one database call
         return _json(job_detail(session, get_owned_job(session, authenticate(session, key), job_id)))
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobDetail, summary="Ask a job to stop",

@@ -28,10 +28,11 @@ def _saturate_and_recover(server: ApiServer) -> None:
         try:
             submit.start()
             with server.client(key) as other:
-                busy = wait_until(lambda: (r := other.get("/v1/jobs")).status_code == 503 and r, 20, 0.05,
-                                  "a request to find every connection busy")
-            body = assert_problem(busy, 503)
-            assert busy.headers["Retry-After"].isdigit() and body["type"].endswith("/busy")
+                busy = wait_until(lambda: (r := other.post("/v1/jobs", json=TINY_SPEC)).status_code == 503 and r,
+                                  20, 0.05, "a request to find every connection busy")
+                body = assert_problem(busy, 503)
+                assert busy.headers["Retry-After"].isdigit() and body["type"].endswith("/busy")
+                assert other.get("/healthz").status_code == 200
         finally:
             lock.execute("ROLLBACK")
             lock.close()
