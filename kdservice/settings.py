@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     upload_max_files: int = Field(200_000, ge=1, description="most members a dataset archive may hold")
     events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")
     events_heartbeat_seconds: float = Field(15.0, gt=0, description="SSE comment sent when nothing changed")
-    api_workers: int = Field(1, ge=1, description="uvicorn worker processes `make up` starts for the API")
+    api_workers: int = Field(2, ge=1, description="uvicorn worker processes `make up` starts for the API")
     db_pool_size: int = Field(
         10, ge=1, description="database connections (and concurrent database calls) per API process",
     )
