@@ -9,6 +9,7 @@ import anyio
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from api.deps import Database
 from api.metrics import JobCollector, UploadBudgetCollector
 from api.middleware import RequestGate
 from api.offline_docs import install_offline_docs
@@ -17,8 +18,10 @@ from api.routes import datasets, events, health, jobs, models
 from api.ui import UI_UPLOAD_CHECKS, install_ui
 from kdservice.archives import limit_pil_pixels
 from kdservice.budget import DiskBudget
-from kdservice.db import make_engine, make_sessionmaker, upgrade_database
+from kdservice.db import is_local_sqlite, make_engine, upgrade_database
+from kdservice.queue import ensure_broker_folders
 from kdservice.settings import Settings, get_settings
+from kdservice.tmpfiles import remove_stale
 
 TAGS = [
     {"name": "jobs", "description": "Distillation jobs: submit, watch, cancel, fetch results and artifacts."},
@@ -37,20 +40,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for folder in (settings.jobs_dir, settings.datasets_dir, settings.models_dir, settings.tmp_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    ensure_broker_folders(settings)
+    engine = make_engine(settings.database_url, settings.db_pool_size, settings.db_wait_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(upgrade_database, settings.database_url)
+        await anyio.to_thread.run_sync(remove_stale, settings.tmp_dir, settings.tmp_max_age_seconds)
         yield
-        engine.dispose()
+        app.state.db.shutdown()
 
     app = FastAPI(title="kd-service", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan, docs_url=None, redoc_url=None)  # install_offline_docs serves them
     install_offline_docs(app)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessions = make_sessionmaker(engine)
+    reader = make_engine(settings.database_url, 1) if is_local_sqlite(settings.database_url) else None
+    app.state.db = Database(engine, settings.db_pool_size, settings.db_wait_seconds, reader)
+    app.state.sessions = app.state.db.sessions
     app.state.metrics_registry = CollectorRegistry(auto_describe=False)
     app.state.metrics_registry.register(JobCollector(app.state.sessions))
     upload_budget = DiskBudget(settings.upload_disk_budget_bytes)

@@ -1,29 +1,112 @@
-"""Request dependencies: settings, a database session, and the caller's API key (the owner)."""
+"""Request dependencies: settings, database access, and the caller's API key (the owner).
+
+Database work never holds a connection while waiting for a thread, nor a thread while waiting for a
+connection (the pairing that once stopped the API under ~40 concurrent requests):
+
+- `Database.run(work)`: wait (asynchronously, first come first served, at most KD_DB_WAIT_SECONDS) for
+  one of KD_DB_POOL_SIZE slots, then run `work(session)` in a thread of its own with a session opened
+  and closed there. Slots equal the pool's connections, so a slot holder never waits for one. A
+  request that waits too long gets 503 + Retry-After. Submitting a job uses it.
+- `Database.read(work)`: the same for a read (the owner lookup, get and list jobs), except on a local
+  SQLite file, where it runs in the event loop on a connection of its own: WAL readers never wait for
+  the writer, and such a read costs less than the hop to a thread.
+- `SessionDep` (the other routes): a session for the duration of the route function, closed before
+  the response is sent (also for streams) in one of the database threads. Its connection is checked
+  out when first used, from the pool's overflow, waiting at most KD_DB_WAIT_SECONDS (503 after).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from api.problems import ProblemError
-from kdservice.security import AuthError, authenticate
+from api.problems import ProblemError, busy
+from kdservice.db import make_sessionmaker
+from kdservice.security import AuthError, bearer_token, working_key
 from kdservice.settings import Settings
 from kdservice.tables import ID_PATTERN, ApiKey
 
 T = TypeVar("T")
 
 
-def get_app_settings(request: Request) -> Settings:
+class Database:
+    """The API process's engine, its session factory, and the slots that bound concurrent database work.
+
+    Plain asyncio (uvicorn runs it): a semaphore and a thread pool of the same size cost a fraction of
+    anyio's limiter and worker-thread machinery on this, the hottest path (docs/BENCHMARKS.md)."""
+
+    def __init__(self, engine: Engine, slots: int, wait_seconds: float, reader: Engine | None = None):
+        self.engine = engine
+        self.sessions = make_sessionmaker(engine)
+        self.wait_seconds = wait_seconds
+        self._slots = asyncio.Semaphore(slots)
+        # As many threads as slots: a slot holder never waits for a thread either.
+        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="kd-db")
+        self._reader = make_sessionmaker(reader) if reader is not None else None
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """A read-only work(session). With a reader engine (local SQLite: WAL readers never wait for the
+        writer, and a small read takes less than the hop to a thread costs) it runs in the event loop on
+        the reader's own connection; otherwise as run()."""
+        if self._reader is None:
+            return await self.run(work)
+        with self._reader() as session:
+            return work(session)
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """work(session) in a database thread, once a slot is free (503 busy after wait_seconds)."""
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.wait_seconds)
+            except TimeoutError:
+                raise busy("every database connection stayed busy") from None
+        else:
+            await self._slots.acquire()  # free: returns at once
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self._in_session, work)
+        finally:
+            self._slots.release()
+
+    def _in_session(self, work: Callable[[Session], T]) -> T:
+        with self.sessions() as session:
+            return work(session)
+
+    async def close(self, session: Session) -> None:
+        """Close a session; one that holds a connection is closed in a thread (a rollback is I/O)."""
+        if session.in_transaction():
+            await asyncio.get_running_loop().run_in_executor(self._threads, session.close)
+        else:
+            session.close()
+
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=False)
+        self.engine.dispose()
+        if self._reader is not None:
+            self._reader.kw["bind"].dispose()
+
+
+async def get_database(request: Request) -> Database:  # async: a sync dependency costs a thread hop
+    return request.app.state.db
+
+
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def _session(request: Request) -> AsyncIterator[Session]:
+    database: Database = request.app.state.db
+    session = database.sessions()
+    try:
         yield session
+    finally:
+        await database.close(session)
 
 
 def _unauthorized(detail: str) -> ProblemError:
@@ -34,21 +117,40 @@ def _unauthorized(detail: str) -> ProblemError:
 _bearer = HTTPBearer(auto_error=False, description="an API key from `kd admin create-key NAME`")
 
 
-def get_owner(
-    request: Request, session: Annotated[Session, Depends(get_session)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    """The API key row of `Authorization: Bearer <key>`; 401 problem when missing, unknown, revoked or
-    expired (looked up on every request: a revocation takes effect at once)."""
+async def get_api_key(
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The key of `Authorization: Bearer <key>` (not looked up yet); 401 problem when missing or malformed.
+    (_credentials only puts the bearer scheme in the OpenAPI schema.)"""
     try:
-        return authenticate(session, request.headers.get("authorization"))
+        return bearer_token(request.headers.get("authorization"))
     except AuthError as exc:
         raise _unauthorized(str(exc)) from exc
 
 
+def owner_of_key(session: Session, key: str) -> ApiKey:
+    """The row of a working key; 401 problem when it is unknown, revoked or expired (looked up on every
+    request: a revocation takes effect at once)."""
+    try:
+        return working_key(session, key)
+    except AuthError as exc:
+        raise _unauthorized(str(exc)) from exc
+
+
+async def get_owner(request: Request, key: Annotated[str, Depends(get_api_key)]) -> ApiKey:
+    """The caller's API key row (its own short database call); 401 problem when missing or not working."""
+    database: Database = request.app.state.db
+    return await database.read(lambda session: owner_of_key(session, key))
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": closed when the route function returns, before the response (or a stream) is sent.
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 OwnerDep = Annotated[ApiKey, Depends(get_owner)]
+# For a route that looks the key up itself, in its one database call (only where no request validation
+# can fail: a 422 must not come before the 401 of an unknown key).
+ApiKeyDep = Annotated[str, Depends(get_api_key)]
 
 
 def owned(session: Session, table: type[T], row_id: str | None, owner: ApiKey) -> T | None:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kdservice.redact import redact_paths, service_labels
@@ -23,6 +24,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://kd-service.dev/problems/"
 _LOC_SOURCES = ("body", "query", "path", "header", "cookie")
 MAX_ERRORS = 50  # a 10,000-element list of bad values must not make a 10,000-entry answer
+RETRY_AFTER_SECONDS = 2
 
 
 class FieldError(BaseModel):
@@ -55,6 +57,12 @@ class ProblemError(Exception):
             self.errors.insert(0, {"field": field, "message": detail})
         self.kind = kind
         self.headers = headers
+
+
+def busy(reason: str) -> ProblemError:
+    """503 + Retry-After: the API is saturated (not broken); the client should come back shortly."""
+    return ProblemError(503, f"the service is busy ({reason}); retry in {RETRY_AFTER_SECONDS} s", kind="busy",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def problem_response(request: Request, status: int, detail: str, *,
@@ -123,6 +131,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(request, exc.status_code, detail, errors=getattr(exc, "errors", None),
                                 headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+        error = busy("no database connection came free in time")
+        return problem_response(request, 503, error.detail, kind=error.kind, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -27,16 +27,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
+def make_engine(database_url: str, pool_size: int | None = None, pool_timeout: float = 30.0) -> Engine:
+    """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys on every connection.
+
+    pool_size (the API): that many connections plus as many again of overflow, each checkout waiting at
+    most pool_timeout; None keeps SQLAlchemy's defaults (the worker and tools use few connections)."""
     url = make_url(database_url)
+    pool: dict[str, Any] = {}
+    if pool_size is not None:
+        pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        else:
+            pool = {}  # in-memory SQLite uses a single-connection pool
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def is_local_sqlite(database_url: str) -> bool:
+    """A SQLite file (not in memory): local, and in WAL mode its readers never wait for the writer."""
+    url = make_url(database_url)
+    return url.get_backend_name() == "sqlite" and bool(url.database) and url.database != ":memory:"
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

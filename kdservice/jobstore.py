@@ -128,13 +128,23 @@ class JobStore:
     def _owned(self, job_id: str, worker_id: str):
         return (Job.id == job_id) & (Job.worker_id == worker_id) & Job.state.in_(OWNED_STATES)
 
+    @staticmethod
+    def _claimable(job_id: str, now: datetime):
+        """queued, or running under an expired lease; never once a cancel was asked."""
+        claimable = (Job.state == "queued") | ((Job.state == "running") & (Job.lease_expires_at < now))
+        return (Job.id == job_id) & claimable & ~Job.cancel_requested
+
+    def claimable(self, job_id: str) -> bool:
+        """Whether claim() would take the job now (a read: the worker's main process drops stale messages)."""
+        with self.sessions() as session:
+            return session.scalar(select(func.count()).where(self._claimable(job_id, utcnow()))) == 1
+
     def claim(self, job_id: str, worker_id: str) -> Claim | None:
         """queued (or running with an expired lease) -> running, owned by worker_id. None: not ours."""
         now = utcnow()
         with self.sessions.begin() as session:
-            claimable = (Job.state == "queued") | ((Job.state == "running") & (Job.lease_expires_at < now))
             result = session.execute(
-                update(Job).where((Job.id == job_id) & claimable & ~Job.cancel_requested).values(
+                update(Job).where(self._claimable(job_id, now)).values(
                     state="running", worker_id=worker_id, attempts=Job.attempts + 1,
                     lease_expires_at=now + timedelta(seconds=self.lease_seconds),
                     started_at=now, finished_at=None, updated_at=now,

@@ -32,11 +32,26 @@ def broker_folders(settings: Settings) -> dict[str, Path]:
     return {"queue": root / "queue", "processed": root / "processed", "control": root / "control"}
 
 
-def _transport_options(settings: Settings) -> dict:
-    if settings.broker_url.startswith("filesystem://"):
-        folders = broker_folders(settings)
-        for folder in folders.values():
+def is_filesystem_broker(settings: Settings) -> bool:
+    return settings.broker_url.startswith("filesystem://")
+
+
+def ensure_broker_folders(settings: Settings) -> list[str]:
+    """Create the filesystem broker's folders that are missing; returns their names (queue, ...)."""
+    if not is_filesystem_broker(settings):
+        return []
+    created = []
+    for name, folder in broker_folders(settings).items():
+        if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
+            created.append(name)
+    return created
+
+
+def _transport_options(settings: Settings) -> dict:
+    if is_filesystem_broker(settings):
+        folders = broker_folders(settings)
+        ensure_broker_folders(settings)
         # in == out: producers (API) and consumers (workers) on this machine share one folder.
         return {
             "data_folder_in": str(folders["queue"]),
@@ -51,7 +66,9 @@ def _transport_options(settings: Settings) -> dict:
 
 def make_celery_app(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
     """The Celery app for settings; the worker passes its task module in `include`."""
-    app = Celery("kd", broker=settings.broker_url, include=list(include))
+    # An explicit host for the filesystem transport, which needs none: kombu warns at every start otherwise.
+    broker = "filesystem://localhost//" if is_filesystem_broker(settings) else settings.broker_url
+    app = Celery("kd", broker=broker, include=list(include))
     app.conf.update(
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
@@ -96,8 +113,13 @@ def waiting_messages(settings: Settings | None = None) -> int:
         return connection.default_channel.queue_declare(queue=QUEUE, durable=True, auto_delete=False).message_count
 
 
-
 def check_broker(settings: Settings | None = None) -> None:
-    """Raise if the broker cannot be reached (readiness)."""
+    """Raise if the broker cannot be reached, or the filesystem broker's folders are gone (readiness)."""
+    settings = settings or get_settings()
+    if is_filesystem_broker(settings):
+        missing = [name for name, folder in broker_folders(settings).items() if not folder.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"filesystem broker folder(s) {', '.join(f'broker/{m}/' for m in missing)} "
+                                    "missing; a running worker recreates them within seconds")
     with producer(settings).connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=3)

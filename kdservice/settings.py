@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# uvicorn's idle keep-alive: longer than a load balancer's usual 60 s, so the server never closes a
+# connection the balancer (or a busy client) is about to reuse.
+API_KEEP_ALIVE_SECONDS = 75
 
 
 class Settings(BaseSettings):
@@ -51,6 +56,27 @@ class Settings(BaseSettings):
                                   "CIFAR-10-C/100-C arrays are read; default <artifact_dir>/data")
     events_poll_seconds: float = Field(0.5, gt=0, description="how often /events re-reads the database")
     events_heartbeat_seconds: float = Field(15.0, gt=0, description="SSE comment sent when nothing changed")
+    api_workers: int = Field(2, ge=1, description="uvicorn worker processes `make up` starts for the API")
+    db_pool_size: int = Field(
+        10, ge=1, description="database connections (and concurrent database calls) per API process",
+    )
+    db_wait_seconds: float = Field(
+        10.0, gt=0, description="longest a request waits for a database connection; then 503 + Retry-After",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "warning", description="log level of make up, the API and the workers (migrations, Celery's banner)",
+    )
+    worker_stale_seconds: float = Field(
+        60.0, gt=0, description="/readyz fails when no worker has sent a heartbeat for this long",
+    )
+    tmp_max_age_seconds: float = Field(
+        3600.0, gt=0, description="leftover upload/extraction files under tmp/ untouched this long are removed",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

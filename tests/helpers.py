@@ -163,9 +163,10 @@ class Service:
         upgrade_database(settings.database_url)
         with make_sessionmaker(make_engine(settings.database_url)).begin() as session:
             _, self.key = create_api_key(session, "e2e")
-        self.api = start_process([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-                                  "--host", "127.0.0.1", "--port", str(self.port)],
-                                 self.env, self.var_dir / "api.log")
+        from scripts.serve import api_command  # the command `make up` runs
+
+        settings = settings.model_copy(update={"host": "127.0.0.1", "port": self.port})
+        self.api = start_process([sys.executable, *api_command(settings)], self.env, self.var_dir / "api.log")
         auth = {"Authorization": f"Bearer {self.key}"}
         self.http = httpx.Client(base_url=self.url, headers=auth, timeout=30)
 

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
-from kdservice.queue import make_celery_app
+from kdservice.queue import is_filesystem_broker, make_celery_app
 from kdservice.settings import get_settings
+from worker import fsbroker
 
-celery_app = make_celery_app(get_settings(), include=("worker.tasks",))
+_settings = get_settings()
+celery_app = make_celery_app(_settings, include=("worker.tasks",))
+if is_filesystem_broker(_settings):
+    celery_app.conf.broker_transport = fsbroker.Transport  # recreates vanished broker folders

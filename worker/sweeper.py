@@ -1,10 +1,13 @@
-"""Re-queue jobs whose worker died, resend lost messages: a thread in every worker's parent process.
+"""Re-queue jobs whose worker died, resend lost messages, send the worker's heartbeat and remove old
+temporary files: a thread in every worker's parent process.
 
 Every lease/2 s: a job whose lease expired goes back to queued and is enqueued again; the next worker
 that claims it calls kdcore.run on the same out_dir, which resumes from the last checkpoint. A queued
 job whose message is gone (the filesystem broker loses one taken by a worker killed before its claim;
 Redis gives it back only after the visibility timeout) is sent again. No celery beat needed: each
-worker sweeps, and conditional UPDATEs in JobStore make concurrent sweeps safe.
+worker sweeps, and conditional UPDATEs in JobStore make concurrent sweeps safe. Each round also renews
+the worker's `workers` row (kdservice.workers: what /readyz looks at) and removes leftovers under tmp/
+older than KD_TMP_MAX_AGE_SECONDS (kdservice.tmpfiles).
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import os
 import threading
 from datetime import datetime, timedelta
 
+from kdservice import workers
+from kdservice.db import sessions
 from kdservice.jobstore import JobStore
 from kdservice.queue import enqueue_job, waiting_messages
 from kdservice.settings import Settings, get_settings
 from kdservice.tables import utcnow
+from kdservice.tmpfiles import remove_stale
 
 log = logging.getLogger("kd.sweeper")
 
@@ -68,20 +74,39 @@ def resend_lost(settings: Settings | None = None, now: datetime | None = None) -
     return resent
 
 
+def heartbeat(settings: Settings, worker_id: str) -> None:
+    with _sweep_lock:
+        workers.beat(sessions(settings.database_url), worker_id)
+
+
 class Sweeper(threading.Thread):
-    def __init__(self, settings: Settings, interval_s: float | None = None):
+    """Every interval (lease/2, and at most a third of KD_WORKER_STALE_SECONDS so that a live worker never
+    looks stale): heartbeat, sweep, temp cleanup. The first heartbeat is sent at once."""
+
+    def __init__(self, settings: Settings, worker_id: str, interval_s: float | None = None):
         super().__init__(name="kd-sweeper", daemon=True)
-        self.settings = settings
-        self.interval_s = interval_s or max(settings.lease_seconds / 2, 0.5)
+        self.settings, self.worker_id = settings, worker_id
+        self.interval_s = interval_s or max(min(settings.lease_seconds / 2, settings.worker_stale_seconds / 3), 0.5)
         self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._halt.wait(self.interval_s):
+        while True:
             try:
+                heartbeat(self.settings, self.worker_id)
                 requeue_expired(self.settings)
                 resend_lost(self.settings)
+                remove_stale(self.settings.tmp_dir, self.settings.tmp_max_age_seconds)
             except Exception:  # a database or broker blip: try again next round
                 log.exception("sweep failed")
+            if self._halt.wait(self.interval_s):
+                return
 
     def stop(self) -> None:
+        """Stop sweeping and remove this worker's heartbeat row (a stopped worker is not a live one)."""
         self._halt.set()
+        self.join(timeout=10)
+        try:
+            with _sweep_lock:
+                workers.forget(sessions(self.settings.database_url), self.worker_id)
+        except Exception:
+            log.warning("could not remove the heartbeat row of %s", self.worker_id, exc_info=True)

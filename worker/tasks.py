@@ -21,6 +21,9 @@ from typing import Any
 import billiard.process
 from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
+from celery.worker import state as worker_state
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.job_files import ARTIFACT_NAMES
@@ -196,8 +199,36 @@ def _run_claimed(store: JobStore, claim, settings: Settings, callbacks: JobCallb
     return "succeeded" if ok else None
 
 
-@shared_task(name=TASK_NAME)
+class DropUnclaimable(Request):
+    """A kd.run_job message in the worker's main process: one whose job cannot be claimed (cancelled,
+    finished, deleted, or running under a live lease elsewhere) is acknowledged and dropped here, before
+    the pool, so it costs one database read instead of a fresh pool child importing torch. Celery asks
+    `revoked()` just before handing a request to the pool (the per-task Request subclass it builds
+    overrides execute_using_pool, not this). Whatever makes a job claimable again sends a new message."""
+
+    def revoked(self) -> bool:
+        if super().revoked():
+            return True
+        job_id = self.args[0] if self.args else None
+        try:
+            if not isinstance(job_id, str) or job_store(get_settings()).claimable(job_id):
+                return False
+        except Exception:  # database blip: let the pool child's claim decide
+            log.warning("job %s: claimable check failed; passing the message on", job_id, exc_info=True)
+            return False
+        log.info("job %s: not claimable (cancelled, finished, deleted or running elsewhere); message "
+                 "dropped before the pool", job_id)
+        task_ready(self)
+        self.acknowledge()
+        self._already_revoked = True
+        return True
+
+
+@shared_task(name=TASK_NAME, Request=DropUnclaimable)
 def run_job(job_id: str) -> None:
+    # Installed per task, in the pool child's main thread: billiard puts its own SIGTERM handler (exit at
+    # once) in place after worker_process_init, which is right for an idle child, not for a training one.
+    signal.signal(signal.SIGTERM, lambda *_: shutdown_requested.set())
     execute_job(job_id, get_settings())
 
 
@@ -210,18 +241,23 @@ def _preimport() -> None:
 
 @worker_process_init.connect
 def _init_pool_child(**_: Any) -> None:
-    """SIGTERM (sent by the parent's warm shutdown, see below) hands the running job back instead of
-    killing the child. A fresh child imports torch and kdcore.pipeline while it waits for a job (seconds
-    saved per job with max_tasks_per_child=1); in a thread, as Celery gives a child 4 s to report ready.
-    Importing torch does not initialise CUDA."""
-    signal.signal(signal.SIGTERM, lambda *_: shutdown_requested.set())
+    """A fresh child imports torch and kdcore.pipeline while it waits for a job (seconds saved per job
+    with max_tasks_per_child=1); in a thread, as Celery gives a child 4 s to report ready. Importing
+    torch does not initialise CUDA."""
+    log.info("pool child %d started", os.getpid())
     threading.Thread(target=_preimport, name="preimport", daemon=True).start()
 
 
 @worker_shutting_down.connect
 def _ask_children_to_hand_back(**_: Any) -> None:
     """Warm shutdown (SIGTERM, e.g. docker stop) would wait for an hours-long job: ask the pool child
-    to stop at its next cancel poll instead; its job goes back to the queue and resumes elsewhere."""
+    to stop at its next cancel poll instead (run_job's SIGTERM handler); its job goes back to the queue
+    and resumes elsewhere. An idle child is left to the pool's own shutdown (signalled, it would die at
+    once and the pool would start another one while shutting down). An idle worker has nothing to hand
+    back: it shuts down cold, which skips the pool's slow join (seconds) so that it exits promptly."""
+    if not worker_state.active_requests and not worker_state.reserved_requests:
+        worker_state.should_terminate = True
+        return
     for child in billiard.process.active_children():
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGTERM)

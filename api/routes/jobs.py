@@ -13,11 +13,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
-from api.deps import OwnerDep, SessionDep, SettingsDep, owned, owned_or_404
+from api.deps import ApiKeyDep, DatabaseDep, OwnerDep, SessionDep, SettingsDep, owned, owned_or_404, owner_of_key
 from api.problems import Problem, ProblemError
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
 from kdcore.cards import teacher_file_differences
@@ -95,12 +96,16 @@ def _check_teacher_card(weights: Path, spec: JobSpec, upload: Dataset | None) ->
             errors=[{"field": "teacher.weights", "message": d} for d in differences], kind="teacher-mismatch")
 
 
-def _created(job: JobDetail, status: int) -> JSONResponse:
-    return JSONResponse(job.model_dump(mode="json"), status_code=status,
-                        headers={"Location": f"/v1/jobs/{job.id}"})
+def _json(body: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """The body serialised by pydantic in the worker thread (the route's response_model documents it)."""
+    return Response(body.model_dump_json(), status_code=status, headers=headers, media_type="application/json")
 
 
-def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> JSONResponse | None:
+def _created(job: JobDetail, status: int) -> Response:
+    return _json(job, status, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> Response | None:
     query = select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key)
     existing = session.scalars(query).first()
     if existing is None:
@@ -118,11 +123,16 @@ def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> JSONR
     openapi_extra={"requestBody": {"content": {"application/json": {
         "example": JobSpec.model_config["json_schema_extra"]["examples"][0]}}}},  # type: ignore[index]
 )
-def create_job(
-    spec: JobSpec, owner: OwnerDep, session: SessionDep, settings: SettingsDep,
+async def create_job(
+    spec: JobSpec, owner: OwnerDep, db: DatabaseDep, settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="a repeat with the same key "
                                                   "and body returns the same job (200)")] = None,
-) -> JSONResponse:
+) -> Response:
+    return await db.run(lambda session: submit_spec(session, owner, spec, settings, idempotency_key))
+
+
+def submit_spec(session: Session, owner: ApiKey, spec: JobSpec, settings: Settings,
+            idempotency_key: str | None) -> Response:
     spec_json = spec.model_dump(mode="json")
     if idempotency_key is not None and (replay := _replay(session, owner, idempotency_key, spec_json)):
         return replay
@@ -166,13 +176,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @router.get("", response_model=JobPage, summary="List your jobs, newest first", responses=ERRORS)
-def list_jobs(
-    owner: OwnerDep, session: SessionDep,
+async def list_jobs(
+    owner: OwnerDep, db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
     cursor: Annotated[str | None, Query(max_length=500, description="from the last page")] = None,
     status: Annotated[list[JobState] | None, Query(description="only these states (repeatable)")] = None,
-) -> JobPage:
-    query = select(Job).where(Job.owner_id == owner.id)
+) -> Response:
+    return await db.read(lambda session: _json(job_page_of(session, owner, limit, cursor, status)))
+
+
+def job_page_of(session: Session, owner: ApiKey, limit: int, cursor: str | None,
+              status: list[JobState] | None) -> JobPage:
+    # A summary shows neither the spec nor the results: not loading (and JSON-decoding) them per row.
+    query = select(Job).options(defer(Job.spec), defer(Job.results_summary)).where(Job.owner_id == owner.id)
     if status:
         query = query.where(Job.state.in_(status))
     if cursor:
@@ -186,8 +202,11 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobDetail, summary="State, progress, transitions, results summary",
             responses=ERRORS)
-def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobDetail:
-    return job_detail(session, get_owned_job(session, owner, job_id))
+async def get_job(job_id: str, key: ApiKeyDep, db: DatabaseDep) -> Response:
+    def work(session: Session) -> Response:  # the owner lookup and the job in one database call
+        return _json(job_detail(session, get_owned_job(session, owner_of_key(session, key), job_id)))
+
+    return await db.read(work)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobDetail, summary="Ask a job to stop",

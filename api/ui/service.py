@@ -33,7 +33,7 @@ from kdservice.tables import ApiKey, Job
 
 def job_page(session: Session, owner: ApiKey, limit: int, cursor: str | None,
              states: list[JobState] | None) -> JobPage:
-    return jobs.list_jobs(owner, session, limit=limit, cursor=cursor, status=states)
+    return jobs.job_page_of(session, owner, limit, cursor, states)
 
 
 def results_summaries(session: Session, owner: ApiKey, job_ids: list[str]) -> dict[str, dict | None]:
@@ -46,12 +46,12 @@ def results_summaries(session: Session, owner: ApiKey, job_ids: list[str]) -> di
 
 
 def job(session: Session, owner: ApiKey, job_id: str) -> JobDetail:
-    return jobs.get_job(job_id, owner, session)
+    return jobs.job_detail(session, jobs.get_owned_job(session, owner, job_id))
 
 
 def submit(session: Session, owner: ApiKey, settings: Settings, spec: JobSpec, idempotency_key: str | None) -> str:
     """Submit as POST /v1/jobs does (reference checks, queue, Idempotency-Key replay); the new job's id."""
-    response = jobs.create_job(spec, owner, session, settings, idempotency_key=idempotency_key)
+    response = jobs.submit_spec(session, owner, spec, settings, idempotency_key)
     return json.loads(bytes(response.body))["id"]
 
 

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import inspect, text
 
-from kdservice.db import MIGRATIONS_DIR, make_engine, upgrade_database
+from kdservice import workers
+from kdservice.db import MIGRATIONS_DIR, make_engine, sessions, upgrade_database
 from kdservice.jobstore import JobStore
 from kdservice.settings import Settings
+from kdservice.tables import utcnow
 from tests import helpers
 from tests.helpers import TINY_SPEC, ApiServer, assert_problem, module_settings, serve
 from tests.paths import REPO
 
 api_server = helpers.api_server
-TABLES = {"api_keys", "jobs", "job_transitions", "job_metrics", "job_logs", "artifacts", "datasets", "models"}
+TABLES = {"api_keys", "jobs", "job_transitions", "job_metrics", "job_logs", "artifacts", "datasets", "models",
+          "workers"}
 
 
 def _head() -> str:
@@ -46,11 +51,28 @@ def test_migrations_apply_on_sqlite_and_are_idempotent(tmp_path):
         engine.dispose()
 
 
-def test_health_and_readiness(api_server: ApiServer):
-    with api_server.client() as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
-        ready = client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+def test_health_and_readiness(tmp_path_factory):
+    settings = module_settings(tmp_path_factory, worker_stale_seconds=30)
+    heartbeats = sessions(settings.database_url)
+    for server in serve(settings):
+        with server.client() as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+            body = assert_problem(client.get("/readyz"), 503, "workers")  # no worker ever started
+            assert [e["field"] for e in body["errors"]] == ["workers"] and "no worker" in body["detail"] + str(body)
+            workers.beat(heartbeats, "w1@test")
+            ready = client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"database": "ok", "workers": "ok", "broker": "ok"}
+            workers.beat(heartbeats, "w1@test", now=utcnow() - timedelta(seconds=31))  # went quiet
+            body = assert_problem(client.get("/readyz"), 503, "workers")
+            assert "KD_WORKER_STALE_SECONDS" in body["errors"][0]["message"]
+            workers.beat(heartbeats, "w2@test")
+            assert client.get("/readyz").status_code == 200  # any live worker will do
+            shutil.rmtree(settings.broker_dir / "queue")  # the filesystem broker's folders are gone
+            body = assert_problem(client.get("/readyz"), 503, "broker")
+            assert [e["field"] for e in body["errors"]] == ["broker"]
+            assert "broker/queue/" in body["errors"][0]["message"]
+            assert str(settings.artifact_dir) not in str(body)  # no server path in an unauthenticated answer
 
 
 def test_readiness_reports_an_unreachable_broker(tmp_path_factory):
@@ -174,6 +196,7 @@ def test_postgres_migrations_and_round_trip(tmp_path):
                 page = client.get("/v1/jobs", params={"status": "cancelled"}).json()
                 assert [j["id"] for j in page["items"]] == [job_id]
                 assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+                workers.beat(sessions(url), "w1@pg")
                 assert client.get("/readyz").status_code == 200
     finally:
         with admin.begin() as connection:

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import Service, tiny_spec
+from tests.helpers import Service, tiny_spec, wait_until
 
 REDIS_URL = os.environ.get("KD_TEST_REDIS_URL")
 POSTGRES_URL = os.environ.get("KD_TEST_POSTGRES_URL")
@@ -49,8 +49,10 @@ def test_job_succeeds_through_redis_and_postgres(tmp_path, postgres_schema_url):
     service = Service(tmp_path, env)
     try:
         service.start_api()
-        assert service.http.get("/readyz").status_code == 200
+        not_ready = service.http.get("/readyz").json()  # database and broker fine, no worker yet
+        assert not_ready["status"] == 503 and [e["field"] for e in not_ready["errors"]] == ["workers"]
         service.start_worker("w1")
+        wait_until(lambda: service.http.get("/readyz").status_code == 200, 120, 0.3, "the worker's heartbeat")
         job_id = service.submit(tiny_spec("integration"))
         job = service.wait_terminal(job_id, 300)
         assert job["state"] == "succeeded", job

@@ -23,7 +23,7 @@ JOB_TIMEOUT_S = 300  # two cores shared with other test runs: generous, jobs tak
 
 @pytest.fixture()
 def service(tmp_path, monkeypatch):
-    env = service_env(tmp_path)
+    env = service_env(tmp_path, log_level="info")  # the tests read the workers' info lines
     for key, value in env.items():  # the test process enqueues too (second-delivery test)
         monkeypatch.setenv(key, value)
     from kdservice.settings import get_settings
