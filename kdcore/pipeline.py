@@ -10,7 +10,6 @@ the last call stopped, inside the seed it was in.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 import kdcore
+from kdcore.atomic import write_text_atomic
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.data import ImageData, load_dataset
 from kdcore.distill import build_distiller
@@ -124,9 +124,7 @@ def _new_model(arch: str, data: ImageData, seed: int) -> torch.nn.Module:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float))
 
 
 def _resolve_weights(ref: str, weights_dir: Path | None) -> Path:

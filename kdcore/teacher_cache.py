@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kdcore.atomic import atomic_path
 from kdcore.errors import WeightsError
 from kdcore.export import ModelCard, load_weights_into, save_safetensors
 from kdcore.robustness.evaluate import CACHE_VERSION as CORRUPTION_CACHE_VERSION
@@ -60,15 +59,8 @@ def load_cached_teacher(cache_dir: Path, key: str, model: nn.Module) -> dict | N
 
 
 def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def store_teacher(cache_dir: Path, key: str, model: nn.Module, card: ModelCard, summary: dict) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore.atomic import atomic_path
 from kdcore.callbacks import Callbacks
 from kdcore.data import BatchLoader, ImageData
 from kdcore.distill import Distiller
@@ -101,9 +102,8 @@ def jensen_shannon(logits_clean: torch.Tensor, logits_a: torch.Tensor, logits_b:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _state_on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -28,12 +28,11 @@ from typing import IO
 
 from PIL import Image
 
+from kdcore.image_files import IMAGE_EXTENSIONS
 from kdservice.budget import Reservation
 from kdservice.settings import Settings
 
 CHUNK = 1 << 20
-# The same extensions kdcore.data.folders reads (importing it would import torch); others are left out.
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 # An archive may declare at most this many times KD_UPLOAD_MAX_BYTES of content.
 EXPANSION_FACTOR = 4
 MAX_NAME_BYTES = 255  # one path component on Linux file systems

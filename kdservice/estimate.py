@@ -92,7 +92,7 @@ def first_image_pixels(folder: Path) -> int | None:
     """width x height of the first image under an uploaded data set (kdcore needs one size, or image_size)."""
     from PIL import Image
 
-    from kdservice.archives import IMAGE_EXTENSIONS
+    from kdcore.image_files import IMAGE_EXTENSIONS
 
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()

@@ -8,13 +8,13 @@ and a reader never sees tensors without their classes. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from kdcore.atomic import atomic_path
 
 FORMAT = "kdcore-data-1"
 KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -40,18 +40,7 @@ def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], list[str]] | None:
 
 
 def write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: list[str]) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(
-            {k: tensors[k].contiguous() for k in KEYS},
-            tmp,
-            metadata={"format": FORMAT, "classes": json.dumps(classes)},
-        )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared by the workers
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write atomically (kdcore.atomic): readers never see half a file."""
+    with atomic_path(path) as tmp:
+        save_file({k: tensors[k].contiguous() for k in KEYS}, tmp,
+                  metadata={"format": FORMAT, "classes": json.dumps(classes)})

@@ -23,15 +23,13 @@ from torchvision.transforms.v2 import functional as TF
 
 from kdcore.data.splits import stratified_split
 from kdcore.errors import DataError
+from kdcore.image_files import IMAGE_EXTENSIONS, TORCH_DECODED
 
 try:  # torchvision 0.29 deprecates its decoders (for TorchCodec); here they are ~6x faster than PIL
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # removed in a later torchvision: PIL decodes everything
     decode_image = None
 
-TORCH_DECODED = {".jpg", ".jpeg", ".png", ".webp"}
-PIL_DECODED = {".bmp", ".tif", ".tiff", ".gif"}
-IMAGE_EXTENSIONS = TORCH_DECODED | PIL_DECODED
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
 

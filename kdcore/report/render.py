@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
 
+from kdcore.atomic import write_text_atomic
 from kdcore.job_files import REPORT as REPORT_FILE
 from kdcore.report import figures
 from kdcore.report.headline import headline
@@ -158,13 +157,5 @@ def write_report(results: dict, out_dir: Path, grid_png: bytes | None = None, gr
     out_dir.mkdir(parents=True, exist_ok=True)
     html = render_report(results, grid_png=grid_png, grid_alt=grid_alt)
     target = out_dir / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, html)
     return target

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.atomic import atomic_path
 from kdcore.data.splits import SUBSET_SEED, balanced_subset
 from kdcore.errors import Cancelled, DataError
 from kdcore.evaluate import predict_logits
@@ -60,15 +59,8 @@ def _read_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _write_atomic(path: Path, images: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({"images": images.contiguous()}, tmp)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def evaluation_subset(test_y: torch.Tensor, max_images: int | None) -> torch.Tensor:
