@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdcore.image_files import IMAGE_EXTENSIONS
 from kdcore.spec import JobSpec, TrainRecipe
 from kdservice.policy import SpecProblem
 
@@ -91,8 +92,6 @@ FALLBACK_SIDE = 32  # an upload whose images cannot be read now (the job will sa
 def first_image_pixels(folder: Path) -> int | None:
     """width x height of the first image under an uploaded data set (kdcore needs one size, or image_size)."""
     from PIL import Image
-
-    from kdcore.image_files import IMAGE_EXTENSIONS
 
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
