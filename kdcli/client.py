@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from kdcore.job_files import REPORT
 from kdservice.states import TERMINAL_STATES
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -201,6 +202,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """report.html of a job: a self-contained page that opens from disk (no server, no network)."""
+    args.artifact = REPORT
+    args.output = args.output or f"report-{args.job_id}.html"
+    return cmd_download(args)
+
+
 UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0, write=600.0)  # the server unpacks and checks the archive
 
 
@@ -323,9 +331,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job_id")
     p.add_argument("--artifact", default="student.safetensors",
                    help="student.safetensors (default), student.onnx, student.ts, teacher.safetensors, "
-                   "baseline.safetensors, results.json")
+                   "baseline.safetensors, results.json, report.html")
     p.add_argument("-o", "--output", help="file to write (default: the artifact name)")
     p.set_defaults(func=_run(cmd_download))
+
+    p = subparsers.add_parser("report", help="save a job's report.html (opens from disk, no server needed)")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", help="file to write (default: report-<job id>.html)")
+    p.set_defaults(func=_run(cmd_report))
 
     p = subparsers.add_parser("upload-dataset", help="upload an ImageFolder .zip/.tar.gz; prints its dataset spec")
     p.add_argument("archive")

@@ -73,6 +73,12 @@ def test_cli_submit_wait_download_and_load(service, tmp_path, monkeypatch, capsy
     model.load_state_dict(load_file(target), strict=True)
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
+    report = tmp_path / "report.html"
+    assert kd(["report", job_id, "-o", str(report)]) == 0
+    html = report.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "<svg" in html and "http://" not in html
+    capsys.readouterr()
+
     assert kd(["results", job_id]) == 0
     table = capsys.readouterr().out
     for label in ("teacher", "baseline", "distilled", "clean acc", "corrupted acc", "n=1"):
