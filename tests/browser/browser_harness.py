@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import ConsoleMessage, Error, Frame, Page, Request, Response, Route, ViewportSize
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 SCREENSHOT_DIR = REPO / "test-artifacts" / "screenshots"
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}

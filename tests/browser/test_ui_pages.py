@@ -16,6 +16,7 @@ from kdservice.security import find_api_key, revoke_api_key
 from tests.browser.browser_harness import PageWatch
 from tests.browser.ui_checks import check_and_capture, sign_in
 from tests.helpers import ApiServer, image_folder_files, tiny_spec, zip_bytes
+from tests.paths import EXAMPLES
 
 pytestmark = pytest.mark.browser
 
@@ -170,7 +171,7 @@ def test_validation_errors_show_next_to_their_fields(page: Page, page_watch: Pag
 
 
 def _example() -> dict:
-    return json.loads((Path(__file__).resolve().parents[2] / "examples" / "digits-kd.json").read_text())
+    return json.loads((EXAMPLES / "digits-kd.json").read_text())
 
 
 def test_jobs_list_filters_and_pages(page: Page, api_server: ApiServer):

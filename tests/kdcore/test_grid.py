@@ -18,8 +18,7 @@ from kdcore.robustness.grid import (
     render_grid,
 )
 from kdcore.spec import CORRUPTIONS
-
-CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+from tests.paths import CIFAR_TARBALL
 
 
 def _picture() -> torch.Tensor:
@@ -85,11 +84,11 @@ def test_rejects_a_batch():
 def image_folder(tmp_path_factory) -> Path:
     """One folder of class folders (root/<class>/*.jpg; kdcore.data splits off the test images):
     the first 12 training JPEGs of the first two classes in the archive, so only its start is read."""
-    if not CIFAR_JPEG.is_file():
-        pytest.skip(f"{CIFAR_JPEG} not found")
+    if not CIFAR_TARBALL.is_file():
+        pytest.skip(f"{CIFAR_TARBALL} not found")
     root = tmp_path_factory.mktemp("images")
     taken: dict[str, int] = {}
-    with tarfile.open(CIFAR_JPEG) as tar:
+    with tarfile.open(CIFAR_TARBALL) as tar:
         for member in tar:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) != 3 or parts[0] != "train":
