@@ -43,6 +43,29 @@ class Problem(BaseModel):
     errors: list[FieldError] = []
 
 
+def problem_doc(description: str) -> dict[str, Any]:
+    """A route's OpenAPI `responses` entry for a problem answer (document_problems gives its media type)."""
+    return {"model": Problem, "description": description}
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with every 4xx/5xx answer as what problem_response sends: a Problem, as
+    application/problem+json only. (FastAPI files a response `model` under application/json, which no error
+    ever is, and leaves problem+json without a schema, so a client or a fuzzer could not check error bodies.)
+    Idempotent; changes and returns openapi."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    if "Problem" not in schemas:
+        schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas["Problem"] = schema
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return openapi
+
+
 class ProblemError(Exception):
     """Raise from a handler to answer a problem: ProblemError(404, "job not found", field="job_id")."""
 

@@ -200,6 +200,23 @@ def test_options_lists_the_methods_of_every_route_without_a_key(api_server: ApiS
         assert_problem(anonymous.options("/v1/nothing"), 404)
 
 
+def test_every_error_answer_is_documented_as_a_problem(api_server: ApiServer):
+    """Found by tests/api/test_schemathesis.py: error bodies were documented under application/json (which no
+    error is) and application/problem+json had no schema, so no client could check them."""
+    with api_server.client() as anonymous:
+        document = anonymous.get("/openapi.json").json()
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    errors = [(path, method, status, answer) for path, operations in document["paths"].items()
+              for method, operation in operations.items() for status, answer in operation["responses"].items()
+              if status[0] in "45"]
+    assert len(errors) > 50
+    for path, method, status, answer in errors:
+        assert answer["content"] == problem, (method, path, status, answer)
+    assert {"type", "title", "status", "detail"} <= set(document["components"]["schemas"]["Problem"]["required"])
+    submit = document["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"401", "409", "413", "422", "503"} <= set(submit)  # the request gate, the queue
+
+
 def test_openapi_states_the_teachers_weights_or_train_rule(api_server: ApiServer):
     with api_server.client() as anonymous:
         teacher = anonymous.get("/openapi.json").json()["components"]["schemas"]["TeacherSpec"]
