@@ -120,6 +120,8 @@ def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> Respo
     "", status_code=201, response_model=JobDetail, summary="Submit a distillation job",
     responses={200: {"model": JobDetail, "description": "replay of an earlier request with the same "
                      "Idempotency-Key: the job it created"}, **ERRORS,
+               400: problem_doc("a body that cannot be parsed at all: not UTF-8, JSON nested too deep, a number "
+                                "with too many digits (`errors[].field` is `body`)"),
                413: problem_doc("a body over KD_REQUEST_MAX_BYTES"),
                503: problem_doc("the job queue is unavailable, or the service is busy (Retry-After)")},
     openapi_extra={"requestBody": {"content": {"application/json": {
