@@ -39,4 +39,4 @@ bench: install
 	$(PY) bench/inference_batch.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .hypothesis

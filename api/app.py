@@ -13,7 +13,7 @@ from api.deps import Database
 from api.metrics import JobCollector, UploadBudgetCollector
 from api.middleware import RequestGate
 from api.offline_docs import install_offline_docs
-from api.problems import install_problem_handlers
+from api.problems import document_problems, install_problem_handlers
 from api.routes import datasets, events, health, jobs, models
 from api.ui import UI_UPLOAD_CHECKS, install_ui
 from kdservice.archives import limit_pil_pixels
@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="kd-service", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan, docs_url=None, redoc_url=None)  # install_offline_docs serves them
     install_offline_docs(app)
+    base_openapi = app.openapi
+    app.openapi = lambda: document_problems(base_openapi())  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine
     reader = make_engine(settings.database_url, 1) if is_local_sqlite(settings.database_url) else None

@@ -24,6 +24,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://kd-service.dev/problems/"
 _LOC_SOURCES = ("body", "query", "path", "header", "cookie")
 MAX_ERRORS = 50  # a 10,000-element list of bad values must not make a 10,000-entry answer
+# FastAPI's 400 when its JSON parser raises anything but a JSONDecodeError (which is a 422 naming `body`).
+_UNPARSABLE_BODY = "There was an error parsing the body"
 RETRY_AFTER_SECONDS = 2
 
 
@@ -41,6 +43,29 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldError] = []
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """A route's OpenAPI `responses` entry for a problem answer (document_problems gives its media type)."""
+    return {"model": Problem, "description": description}
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with every 4xx/5xx answer as what problem_response sends: a Problem, as
+    application/problem+json only. (FastAPI files a response `model` under application/json, which no error
+    ever is, and leaves problem+json without a schema, so a client or a fuzzer could not check error bodies.)
+    Idempotent; changes and returns openapi."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    if "Problem" not in schemas:
+        schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas["Problem"] = schema
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return openapi
 
 
 class ProblemError(Exception):
@@ -97,6 +122,19 @@ def field_of(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in parts) or (str(loc[0]) if loc else "body")
 
 
+def unparsable_body_detail(cause: BaseException | None) -> str:
+    """What made a body unreadable, for FastAPI's bare 400 (its `raise ... from` cause)."""
+    if isinstance(cause, UnicodeDecodeError):
+        reason = "it is not UTF-8 (JSON must be)"
+    elif isinstance(cause, RecursionError):
+        reason = "its JSON is nested too deep"
+    elif isinstance(cause, ValueError) and "digits" in str(cause):
+        reason = "it holds a number with too many digits"
+    else:
+        reason = "it is malformed"
+    return f"the request body cannot be parsed: {reason}"
+
+
 def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     out, seen = [], set()
     for err in errors:
@@ -129,7 +167,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem_response(request, exc.status_code, detail, errors=getattr(exc, "errors", None),
+        errors = getattr(exc, "errors", None)
+        if exc.status_code == 400 and not errors:
+            # Raised while reading the body (FastAPI's JSON parsing, Starlette's multipart parser): name it.
+            if detail == _UNPARSABLE_BODY:
+                detail = unparsable_body_detail(exc.__cause__)
+            errors = [{"field": "body", "message": detail}]
+        return problem_response(request, exc.status_code, detail, errors=errors,
                                 headers=getattr(exc, "headers", None))
 
     @app.exception_handler(PoolTimeout)

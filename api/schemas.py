@@ -83,6 +83,32 @@ class JobDetail(JobSummary):
         )
 
 
+class StateEvent(BaseModel):
+    """The data of `event: state`: the job's state or phase changed (`deleted`: the job was deleted while
+    watched; the stream ends)."""
+
+    state: str
+    phase: str | None
+    error: JobError | None
+
+
+class ProgressEvent(BaseModel):
+    """The data of `event: progress`."""
+
+    state: str
+    phase: str | None
+    progress: Progress
+
+
+class LogEvent(BaseModel):
+    """The data of `event: log`: one line of the job's log."""
+
+    id: int
+    at: datetime
+    level: str
+    message: str
+
+
 class JobPage(BaseModel):
     items: list[JobSummary]
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next (older) page")

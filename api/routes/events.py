@@ -15,16 +15,33 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import OwnerDep, SessionDep
 from api.routes.jobs import ERRORS, get_owned_job
+from api.schemas import LogEvent, ProgressEvent, StateEvent
 from kdservice.states import TERMINAL_STATES
 from kdservice.tables import Job, JobLog
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 LOG_BATCH = 500
+
+
+EVENT_DATA = {"state": StateEvent, "progress": ProgressEvent, "log": LogEvent}
+
+
+def event_schema() -> dict[str, Any]:
+    """One event of the stream (OpenAPI's `itemSchema` of text/event-stream, as FastAPI writes it): its `event`
+    name, its `id` (the last log id sent) and its `data`, a JSON document of that event's model."""
+    def one(name: str, model: type[BaseModel]) -> dict[str, Any]:
+        data = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        data.pop("$defs", None)  # JobError and Progress: components already (JobDetail has them)
+        return {"type": "object", "required": ["event", "id", "data"], "properties": {
+            "event": {"const": name}, "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+    return {"oneOf": [one(name, model) for name, model in EVENT_DATA.items()]}
 
 
 def _snapshot(sessions: sessionmaker[Session], job_id: str, after_log: int) -> tuple[dict | None, list[dict]]:
@@ -57,7 +74,7 @@ async def job_events(request: Request, job_id: str, after_log: int,
     while True:
         job, logs = await anyio.to_thread.run_sync(_snapshot, sessions, job_id, after_log)
         if job is None:  # deleted while watched
-            yield _event("state", {"state": "deleted", "phase": None, "progress": None}, after_log)
+            yield frame("state", {"state": "deleted", "phase": None, "error": None}, after_log)
             return
         chunks = []
         if (job["state"], job["phase"]) != last_state:
@@ -87,8 +104,11 @@ async def job_events(request: Request, job_id: str, after_log: int,
 @router.get(
     "/{job_id}/events", summary="Live events of a job (Server-Sent Events)",
     description="`event: state` {state, phase, error}, `event: progress` {state, phase, progress}, "
-    "`event: log` {id, at, level, message}; ends after a terminal state. Comments are heartbeats.",
-    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+    "`event: log` {id, at, level, message}; ends after a terminal state (or a state `deleted`: the job was "
+    "deleted while watched). Comments are heartbeats.",
+    # StreamingResponse has no media type of its own: the 200 answer is text/event-stream only.
+    response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {
+        "itemSchema": event_schema()}}}, **ERRORS},
 )
 def stream_events(
     job_id: str, request: Request, owner: OwnerDep, session: SessionDep,

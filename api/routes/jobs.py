@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from api.deps import ApiKeyDep, DatabaseDep, OwnerDep, SessionDep, SettingsDep, owned, owned_or_404, owner_of_key
-from api.problems import Problem, ProblemError
+from api.problems import Problem, ProblemError, problem_doc
 from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
 from kdcore.cards import teacher_file_differences
 from kdcore.job_files import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
@@ -119,7 +119,11 @@ def _replay(session: Session, owner: ApiKey, key: str, spec_json: dict) -> Respo
 @router.post(
     "", status_code=201, response_model=JobDetail, summary="Submit a distillation job",
     responses={200: {"model": JobDetail, "description": "replay of an earlier request with the same "
-                     "Idempotency-Key: the job it created"}, 503: {"model": Problem}, **ERRORS},
+                     "Idempotency-Key: the job it created"}, **ERRORS,
+               400: problem_doc("a body that cannot be parsed at all: not UTF-8, JSON nested too deep, a number "
+                                "with too many digits (`errors[].field` is `body`)"),
+               413: problem_doc("a body over KD_REQUEST_MAX_BYTES"),
+               503: problem_doc("the job queue is unavailable, or the service is busy (Retry-After)")},
     openapi_extra={"requestBody": {"content": {"application/json": {
         "example": JobSpec.model_config["json_schema_extra"]["examples"][0]}}}},  # type: ignore[index]
 )

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kdservice import jobstore
+from kdservice.db import sessions
 from kdservice.jobstore import JobStore
 from tests import helpers
 from tests.helpers import TINY_SPEC, ApiServer, assert_problem
@@ -196,6 +198,33 @@ def test_events_stream_state_progress_and_logs(api_server: ApiServer, alice):
     last_id = parsed[-1]["id"]
     with alice.stream("GET", f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": last_id}) as again:
         assert "event: log" not in "".join(again.iter_text())
+
+
+def test_the_event_stream_is_documented_event_by_event(api_server: ApiServer):
+    """text/event-stream only (it also said application/json), each event's name and data schema given."""
+    with api_server.client() as anonymous:
+        answer = anonymous.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]
+    content = answer["200"]["content"]
+    assert list(content) == ["text/event-stream"]
+    events = {e["properties"]["event"]["const"]: e["properties"]["data"]["contentSchema"]
+              for e in content["text/event-stream"]["itemSchema"]["oneOf"]}
+    assert {name: sorted(data["required"]) for name, data in events.items()} == {
+        "state": ["error", "phase", "state"], "progress": ["phase", "progress", "state"],
+        "log": ["at", "id", "level", "message"]}
+
+
+def test_events_of_a_job_deleted_while_watched_end_with_a_deleted_state(api_server: ApiServer, alice):
+    """The last event is a state event like any other, {state, phase, error} (it sent `progress` instead of
+    `error`, against the stream's documented event schema: tests/api/test_schemathesis.py checks it)."""
+    job = submit(alice)
+    with alice.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+        lines = response.iter_lines()
+        first = next(json.loads(line[6:]) for line in lines if line.startswith("data: "))
+        with sessions(api_server.settings.database_url)() as session:  # gone, as if deleted meanwhile
+            jobstore.forget_job(session, job["id"])
+        rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]  # ends by itself
+    assert first == {"state": "queued", "phase": None, "error": None}
+    assert rest == [{"state": "deleted", "phase": None, "error": None}]
 
 
 def test_events_follow_a_live_job_until_cancelled(api_server: ApiServer, alice):

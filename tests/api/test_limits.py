@@ -75,6 +75,18 @@ def test_hostile_json_is_a_4xx(client, name, raw, status):
     assert_problem(response, status)
 
 
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"\x13\x07\xff\xfe\xfd", "not UTF-8"),  # found by tests/api/test_schemathesis.py: a bare 400 before
+    (json.dumps(TINY_SPEC).replace('"name": "tiny"', '"name": "caf\u00e9"').encode("latin-1"), "not UTF-8"),
+    (b'{"name": ' + b"[" * 40_000 + b"]" * 40_000 + b"}", "nested too deep"),
+    (json.dumps(TINY_SPEC).replace('"epochs": 2', '"epochs": ' + "9" * 5000).encode(), "too many digits"),
+])
+def test_an_unparsable_json_body_is_a_400_naming_the_body_and_why(client, raw, reason):
+    response = client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
+    body = assert_problem(response, 400, "body")
+    assert reason in body["detail"] and body["errors"][0]["message"] == body["detail"]
+
+
 @pytest.mark.parametrize(("path", "value", "field"), [
     ("train.seed", 2**63, "train.seed"),
     ("train.seed", 10**30, "train.seed"),
@@ -198,6 +210,23 @@ def test_options_lists_the_methods_of_every_route_without_a_key(api_server: ApiS
             assert {m.upper() for m in operations} | {"OPTIONS"} <= allowed, (path, allowed)
             assert "access-control-allow-origin" not in response.headers
         assert_problem(anonymous.options("/v1/nothing"), 404)
+
+
+def test_every_error_answer_is_documented_as_a_problem(api_server: ApiServer):
+    """Found by tests/api/test_schemathesis.py: error bodies were documented under application/json (which no
+    error is) and application/problem+json had no schema, so no client could check them."""
+    with api_server.client() as anonymous:
+        document = anonymous.get("/openapi.json").json()
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    errors = [(path, method, status, answer) for path, operations in document["paths"].items()
+              for method, operation in operations.items() for status, answer in operation["responses"].items()
+              if status[0] in "45"]
+    assert len(errors) > 50
+    for path, method, status, answer in errors:
+        assert answer["content"] == problem, (method, path, status, answer)
+    assert {"type", "title", "status", "detail"} <= set(document["components"]["schemas"]["Problem"]["required"])
+    submit = document["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"400", "401", "409", "413", "422", "503"} <= set(submit)  # unparsable body, the request gate, queue
 
 
 def test_openapi_states_the_teachers_weights_or_train_rule(api_server: ApiServer):

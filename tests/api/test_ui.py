@@ -16,6 +16,8 @@ import pytest
 
 from api.ui import specform
 from api.ui.auth import csrf_token, safe_next
+from kdservice.db import sessions
+from kdservice.jobstore import forget_job
 from tests.helpers import ApiServer, api_server, tiny_spec  # noqa: F401 (fixture)
 
 
@@ -101,6 +103,21 @@ def test_the_jobs_list_stream_carries_every_watched_job_until_all_end(api_server
     states = {(data["job"], data["state"]) for name, data in events if name == "state"}
     assert states == {(ids[0], "queued"), (ids[1], "queued"), (ids[0], "cancelled"), (ids[1], "cancelled")}
     assert events[-1] == ("end", {})  # the stream closes itself once every job has ended
+
+
+def test_the_jobs_list_stream_tags_a_deleted_job_with_its_id(api_server: ApiServer):  # noqa: F811
+    """A job deleted while the list watches it: its last state event names the job like every other event (it
+    came untagged, so the page could not tell which row ended)."""
+    key = api_server.new_key("watcher")
+    with api_server.client(key) as api:
+        job_id = api.post("/v1/jobs", json=tiny_spec("gone")).json()["id"]
+    with signed_in(api_server, key) as client, \
+            client.stream("GET", f"/ui/jobs/events?id={job_id}", timeout=20) as stream:
+        data = (json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: "))
+        assert next(data) == {"job": job_id, "state": "queued", "phase": None, "error": None}
+        with sessions(api_server.settings.database_url)() as session:
+            forget_job(session, job_id)
+        assert list(data) == [{"job": job_id, "state": "deleted", "phase": None, "error": None}, {}]
 
 
 def test_the_list_stream_of_another_owners_job_is_404(api_server: ApiServer):  # noqa: F811
