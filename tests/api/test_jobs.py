@@ -6,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
 from kdservice import jobstore
 from kdservice.db import sessions
 from kdservice.jobstore import JobStore
@@ -15,12 +13,6 @@ from tests import helpers
 from tests.helpers import TINY_SPEC, ApiServer, assert_problem
 
 api_server = helpers.api_server
-
-
-@pytest.fixture(scope="module")
-def alice(api_server: ApiServer):
-    with api_server.client(api_server.new_key("alice")) as client:
-        yield client
 
 
 def submit(client, **changes) -> dict:

@@ -34,12 +34,6 @@ def api_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def alice(api_server: ApiServer):
-    with api_server.client(api_server.new_key("alice")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def mallory(api_server: ApiServer):
     with api_server.client(api_server.new_key("mallory")) as client:
         yield client

@@ -6,22 +6,14 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 
-import pytest
-
 from kdcore.export import ModelCard, save_safetensors
 from kdcore.models import build_model
 from tests import helpers
-from tests.helpers import TINY_SPEC, ApiServer, assert_problem
+from tests.helpers import TINY_SPEC, assert_problem
 
 api_server = helpers.api_server
 DIGITS_CARD = ModelCard(arch="resnet8", num_classes=10, in_channels=1, image_size=8,
                         classes=[str(d) for d in range(10)], mean=(0.3,), std=(0.4,))
-
-
-@pytest.fixture(scope="module")
-def alice(api_server: ApiServer):
-    with api_server.client(api_server.new_key("alice")) as client:
-        yield client
 
 
 def _upload(client, card: ModelCard, tmp_path) -> str:

@@ -30,12 +30,6 @@ def api_server(tmp_path_factory: pytest.TempPathFactory):
     yield from serve(module_settings(tmp_path_factory, upload_max_bytes=UPLOAD_LIMIT))
 
 
-@pytest.fixture(scope="module")
-def alice(api_server: ApiServer):
-    with api_server.client(api_server.new_key("alice")) as client:
-        yield client
-
-
 def upload(client, data: bytes, filename: str = "data.zip", **form):
     files = {"file": (filename, data, "application/octet-stream")}
     return client.post("/v1/datasets", files=files, data=form)
