@@ -29,7 +29,8 @@ FORMULAS: dict[str, str] = {
     "kd_vs_baseline.paired": "per metric: paired differences KD - baseline over seeds (per_seed, mean, std, "
     "ci95, p_value)",
     "kd_vs_baseline.per_corruption": "per corruption c: paired differences over seeds of acc(c) = mean over "
-    "severities of acc(c, s), KD - baseline",
+    "severities of acc(c, s), KD - baseline; each p_value is one test, not corrected for the number of "
+    "corruptions (with 15 of them, one p below 0.05 is expected by chance: compare with 0.05 / 15)",
     "kd_vs_baseline.mean_over_seeds": "mce_vs_baseline, ce_vs_baseline, relative_mce_vs_baseline(_mean), "
     "clean_acc_delta, corruption_acc_delta and teacher_retention: the mean over the seeds where the per-seed "
     "value (runs[i].kd_vs_baseline) is defined; null where it is defined for none",
