@@ -119,6 +119,9 @@ class PhaseSeries(BaseModel):
     train_loss: list[float | None]
     val_acc: list[float | None]
     lr: list[float | None]
+    seed: list[int | None] = Field(
+        default_factory=list, description="the training seed of each entry (the students train once per seed; "
+        "null for the teacher)")
 
 
 class JobMetrics(BaseModel):

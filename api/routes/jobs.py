@@ -250,6 +250,7 @@ def job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetrics
         series.train_loss.append(row.train_loss)
         series.val_acc.append(row.val_acc)
         series.lr.append(row.lr)
+        series.seed.append((row.extra or {}).get("seed"))
     return JobMetrics(job_id=job.id, phases=phases)
 
 

@@ -131,8 +131,8 @@ def _finish_with_artifacts(server: ApiServer, job_id: str) -> dict[str, bytes]:
     assert store.claim(job_id, "worker-b") is not None
     store.set_progress(job_id, "worker-b", "distilling",
                        {"phase": "distilling", "epoch": 1, "epochs": 2, "fraction": 0.5})
-    store.add_metric(job_id, "distilling", 0, {"train_loss": 1.5, "val_acc": 0.4, "lr": 0.1})
-    store.add_metric(job_id, "distilling", 1, {"train_loss": 1.2, "val_acc": 0.6, "lr": 0.05})
+    store.add_metric(job_id, "distilling", 0, {"train_loss": 1.5, "val_acc": 0.4, "lr": 0.1, "seed": 3})
+    store.add_metric(job_id, "distilling", 1, {"train_loss": 1.2, "val_acc": 0.6, "lr": 0.05, "seed": 3})
     store.add_log(job_id, "epoch 1 done")
     out = Path(server.settings.artifact_dir) / "jobs" / job_id
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,8 @@ def test_results_metrics_and_artifacts(api_server: ApiServer, alice):
     assert [t["state"] for t in done["transitions"]] == ["queued", "running", "succeeded"]
     assert alice.get(f"/v1/jobs/{job['id']}/results").json() == json.loads(files["results.json"])
     series = alice.get(f"/v1/jobs/{job['id']}/metrics").json()["phases"]["distilling"]
-    assert series == {"epoch": [0, 1], "train_loss": [1.5, 1.2], "val_acc": [0.4, 0.6], "lr": [0.1, 0.05]}
+    assert series == {"epoch": [0, 1], "train_loss": [1.5, 1.2], "val_acc": [0.4, 0.6], "lr": [0.1, 0.05],
+                      "seed": [3, 3]}  # the students train once per seed: each entry says which
     listing = {a["name"]: a for a in alice.get(f"/v1/jobs/{job['id']}/artifacts").json()["items"]}
     assert set(listing) == set(files)
     url = f"/v1/jobs/{job['id']}/artifacts/student.safetensors"
