@@ -13,6 +13,7 @@ from kdservice.tables import Dataset, Job, JobTransition, Model
 
 class Progress(BaseModel):
     phase: str | None = None
+    seed: int | None = Field(None, description="the training seed of a student phase (jobs list several)")
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None

@@ -154,8 +154,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_state(job)
         progress = job.get("progress") or {}
         if progress and job["state"] not in TERMINAL_STATES:
-            print(f"  epoch {progress.get('epoch')}/{progress.get('epochs')}  "
-                  f"{100 * (progress.get('fraction') or 0):.0f}%  eta {progress.get('eta_seconds')} s")
+            seed = f"seed {progress['seed']}  " if progress.get("seed") is not None else ""
+            eta = progress.get("eta_seconds")
+            print(f"  {seed}epoch {progress.get('epoch')}/{progress.get('epochs')}  "
+                  f"{100 * (progress.get('fraction') or 0):.0f}%  eta {'-' if eta is None else f'{eta:.0f}'} s")
     return 0
 
 

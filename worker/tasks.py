@@ -100,7 +100,7 @@ class JobCallbacks(Callbacks):
             self.store.add_log(self.job_id, f"phase {progress.phase}")
         self._phase, self._last_write = progress.phase, now
         self.store.set_progress(self.job_id, self.worker_id, progress.phase, {
-            "epoch": progress.epoch, "epochs": progress.epochs,
+            "seed": progress.seed, "epoch": progress.epoch, "epochs": progress.epochs,
             "step": progress.step, "steps": progress.steps,
             "fraction": round(progress.fraction, 4), "eta_seconds": progress.eta_seconds,
         })

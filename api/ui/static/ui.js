@@ -41,7 +41,8 @@
     const live = state === "running" || state === "cancelling";
     field(root, "eta").textContent = live ? etaText(progress.eta_seconds) : "";
     const epoch = field(root, "epoch");
-    if (epoch) epoch.textContent = progress.epochs ? `epoch ${progress.epoch} of ${progress.epochs}` : "";
+    const seed = progress.seed === null || progress.seed === undefined ? "" : `seed ${progress.seed}, `;
+    if (epoch) epoch.textContent = progress.epochs ? `${seed}epoch ${progress.epoch} of ${progress.epochs}` : "";
   }
 
   async function freshPage() {
