@@ -47,6 +47,12 @@ BAD_SPECS = [
     ("unknown teacher weights", spec_with("teacher.weights", "0" * 32), "teacher.weights"),
     ("server path as weights", spec_with("teacher.weights", "/etc/passwd.safetensors"), "teacher.weights"),
     ("bad export format", spec_with("export", ["pickle"]), "export.0"),
+    # The CIFAR-10-C/100-C arrays only fit CIFAR data (issue: official-source mismatches answer 422).
+    ("official corruptions on digits", spec_with("evaluate.source", "official"), "evaluate.source"),
+    ("official corruptions at 64 px", {**spec_with("evaluate.source", "official"),
+                                       "dataset": {"source": "cifar10", "image_size": 64}}, "evaluate.source"),
+    ("seeds and train.seed", {**spec_with("train.seed", 3), "seeds": [0, 1]}, "seeds"),
+    ("eleven seeds", {**spec_with("train.seed", None), "seeds": list(range(11))}, "seeds"),
 ]
 
 
