@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app(settings)`; run with `uvicorn api.app:create_app --factory`."""
+"""The FastAPI application: `create_app(settings)`; run with `python -m api` (api/__main__.py) or
+`uvicorn api.app:create_app --factory`."""
 
 from __future__ import annotations
 

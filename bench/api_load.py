@@ -1,10 +1,10 @@
 """HTTP load on the API: req/s and latency percentiles per route and concurrency, printed as JSON.
 
-Starts the real server the service runs (`uvicorn api.app:create_app --factory`, as scripts/serve.py
-does) on a temp SQLite + filesystem broker, makes an API key, submits a few jobs (no worker: they stay
-queued), then drives each route with a fixed number of keep-alive connections for a fixed time. The
-client is raw asyncio streams with HTTP/1.1 keep-alive (uvloop when installed), cheap enough to leave
-the CPU to the server; its own CPU seconds are reported (`client_cpu_s`).
+Starts the real server the service runs (the command of scripts/serve.py: `python -m api`, uvicorn
+processes of `api.app:create_app`) on a temp SQLite + filesystem broker, makes an API key, submits a few
+jobs (no worker: they stay queued), then drives each route with a fixed number of keep-alive connections
+for a fixed time. The client is raw asyncio streams with HTTP/1.1 keep-alive (uvloop when installed),
+cheap enough to leave the CPU to the server; its own CPU seconds are reported (`client_cpu_s`).
 
     python bench/api_load.py [--routes get list post] [--concurrency 1 10 50 200 500] [--duration 5]
                              [--api-workers N] [--repo PATH] [--uvicorn-args ARGS] [--url URL --key KEY]
@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an already running API (with --key) instead of starting one")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--seed-jobs", type=int, default=50)
-    parser.add_argument("--uvicorn-args", default="", help='appended to the server command, e.g. '
-                        '"--http h11 --loop asyncio" (what uvicorn picks without uvicorn[standard])')
+    parser.add_argument("--uvicorn-args", default="", help='appended to the server command of a --repo whose '
+                        'serve.py runs the uvicorn CLI, e.g. "--http h11 --loop asyncio" (what uvicorn picks '
+                        'without uvicorn[standard])')
     args = parser.parse_args(argv)
     try:
         import uvloop
