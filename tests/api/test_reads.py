@@ -134,3 +134,20 @@ def test_revocation_and_expiry_count_at_the_very_next_request(api_server: ApiSer
                             .values(expires_at=utcnow() - timedelta(seconds=1)))
         for path in (f"/v1/jobs/{job_id}", "/v1/jobs"):
             assert "expired" in assert_problem(client.get(path), 401, "Authorization")["detail"]
+
+
+def test_other_methods_on_a_job_answer_as_on_every_route(api_server: ApiServer):
+    """GET /v1/jobs/{id} is served ahead of FastAPI's router (api/routes/jobs.py): HEAD, PUT and PATCH still
+    get 405 naming GET, DELETE and OPTIONS still reach their own handling, and the schema is FastAPI's."""
+    with api_server.client(api_server.new_key("methods")) as client:
+        job_id = _submit(client, "methods")
+        for method in ("HEAD", "PUT", "PATCH"):
+            response = client.request(method, f"/v1/jobs/{job_id}")
+            assert (response.status_code, response.headers["allow"]) == (405, "GET"), method
+        assert_problem(client.put(f"/v1/jobs/{job_id}"), 405)
+        options = client.options(f"/v1/jobs/{job_id}")
+        assert options.status_code == 204 and options.headers["allow"] == "DELETE, GET, OPTIONS"
+        assert_problem(client.delete(f"/v1/jobs/{job_id}"), 409, "job_id")  # queued: the DELETE route's rule
+        operation = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}"]["get"]
+    assert operation["security"] == [{"HTTPBearer": []}] and operation["parameters"][0]["name"] == "job_id"
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobDetail")
