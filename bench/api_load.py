@@ -4,7 +4,8 @@ Starts the real server the service runs (the command of scripts/serve.py: `pytho
 processes of `api.app:create_app`) on a temp SQLite + filesystem broker, makes an API key, submits a few
 jobs (no worker: they stay queued), then drives each route with a fixed number of keep-alive connections
 for a fixed time. The client is raw asyncio streams with HTTP/1.1 keep-alive (uvloop when installed),
-cheap enough to leave the CPU to the server; its own CPU seconds are reported (`client_cpu_s`).
+cheap enough to leave the CPU to the server; its own CPU seconds are reported (`client_cpu_s`), and
+those of the server's processes (`server_cpu_s`, and per request) when the benchmark started it.
 
     python bench/api_load.py [--routes get list post] [--concurrency 1 10 50 200 500] [--duration 5]
                              [--api-workers N] [--repo PATH] [--uvicorn-args ARGS] [--url URL --key KEY]
@@ -29,6 +30,8 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -161,6 +164,21 @@ def start_server(repo: Path, var_dir: Path, api_workers: int | None,
     raise RuntimeError("the API did not start")
 
 
+def tree_cpu_seconds(proc: subprocess.Popen | None) -> float | None:
+    """User + system CPU seconds of a started server and every process under it (None for --url)."""
+    if proc is None:
+        return None
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def seed_jobs(url: str, key: str, count: int) -> str:
     body = json.dumps(JOB_SPEC).encode()
     job_id = ""
@@ -208,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
             results = []
             for route in args.routes:
                 for concurrency in args.concurrency:
+                    server_cpu = tree_cpu_seconds(proc)
                     row = {"route": route, **asyncio.run(run_level(url, requests[route], concurrency,
                                                                    args.duration))}
+                    if server_cpu is not None:  # what the server's processes used, all of them
+                        row["server_cpu_s"] = round(tree_cpu_seconds(proc) - server_cpu, 2)
+                        row["server_cpu_ms_per_request"] = round(1000 * row["server_cpu_s"] / max(row["requests"], 1),
+                                                                 3)
                     print(json.dumps(row), flush=True)
                     results.append(row)
             print(json.dumps({"load_average": os.getloadavg(), "results": results}, indent=1))
