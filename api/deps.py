@@ -155,13 +155,13 @@ BEARER_SECURITY = {"security": [{_bearer.scheme_name: []}]}
 
 def owner_of_key(connection: Connection, key: str) -> ApiKey:
     """The row of a working key (a detached ApiKey); 401 problem when it is unknown, revoked or expired
-    (looked up on every request, one Core statement: a revocation takes effect at once)."""
-    row = key_columns(connection, key)
-    if row is None:
+    (looked up on every request, one statement: a revocation takes effect at once)."""
+    columns = key_columns(connection, key)
+    if columns is None:
         raise unauthorized(UNKNOWN_KEY)
-    if (reason := refusal(row.revoked_at, row.expires_at)) is not None:
+    if (reason := refusal(columns["revoked_at"], columns["expires_at"])) is not None:
         raise unauthorized(reason)
-    return ApiKey(**row._mapping)
+    return ApiKey(**columns)
 
 
 async def get_owner(request: Request, key: Annotated[str, Depends(get_api_key)]) -> ApiKey:

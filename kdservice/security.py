@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from kdservice.db import PreparedSelect
 from kdservice.tables import ApiKey, utcnow
 
 KEY_PREFIX = "kd_"
@@ -90,15 +92,16 @@ def refusal(revoked_at: datetime | None, expires_at: datetime | None, now: datet
 
 
 _KEYS = ApiKey.__table__
-# Core, not the ORM: the API looks a key up on every request (api/deps.py, api/reads.py).
-_KEY_BY_HASH = select(_KEYS).where(_KEYS.c.key_hash == bindparam("key_hash"))
+# Not the ORM: the API looks a key up on every request (api/deps.py, api/reads.py).
+_KEY_BY_HASH = PreparedSelect(select(_KEYS).where(_KEYS.c.key_hash == bindparam("key_hash")))
 
 
-def key_columns(connection: Connection, key: str) -> Row | None:
-    """Every column of a key's row (working or not), by a Core statement; None for an unknown key."""
+def key_columns(connection: Connection, key: str) -> dict[str, Any] | None:
+    """Every column of a key's row (working or not), by name; None for an unknown key."""
     if len(key) > MAX_KEY_LENGTH:
         return None
-    return connection.execute(_KEY_BY_HASH, {"key_hash": hash_key(key)}).first()
+    rows = _KEY_BY_HASH.rows(connection, {"key_hash": hash_key(key)})
+    return dict(zip(_KEYS.columns.keys(), rows[0], strict=True)) if rows else None
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

@@ -1,16 +1,18 @@
 """GET /v1/jobs/{id} and GET /v1/jobs answer from Core reads (api/reads.py): the bodies must be byte for byte
 what the JobDetail and JobPage models serialise the same rows to, and the key checks (401 before anything,
 a revocation at once) and owner isolation must hold on them as on every route. Real uvicorn (thread),
-SQLite, the worker's real JobStore writing the rows."""
+SQLite (and PostgreSQL where KD_TEST_POSTGRES_URL names one), the worker's real JobStore writing the rows."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from api.routes.jobs import job_detail
 from api.schemas import JobDetail, JobPage, JobSummary
@@ -18,10 +20,31 @@ from kdservice.db import make_engine, make_sessionmaker
 from kdservice.jobstore import JobStore
 from kdservice.security import create_api_key, revoke_api_key
 from kdservice.tables import ApiKey, Job, utcnow
-from tests import helpers
-from tests.helpers import TINY_SPEC, ApiServer, assert_problem
+from tests.helpers import TINY_SPEC, ApiServer, assert_problem, module_settings, serve
 
-api_server = helpers.api_server
+POSTGRES_URL = os.environ.get("KD_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def api_server(request, tmp_path_factory: pytest.TempPathFactory):
+    """The API on SQLite (reads in the event loop) and, where the CI's server is, on PostgreSQL (reads in
+    the database threads): the same bodies from another driver and its own type conversions."""
+    if request.param == "sqlite":
+        yield from serve(module_settings(tmp_path_factory))
+        return
+    if not POSTGRES_URL:
+        pytest.skip("KD_TEST_POSTGRES_URL is not set")
+    schema = f"kd_reads_{uuid.uuid4().hex[:10]}"  # its own tables, found first on the search_path
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+    try:
+        yield from serve(module_settings(tmp_path_factory, database_url=url))
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +77,15 @@ def _jobs_in_every_shape(api_server: ApiServer, client, sessions) -> list[str]:
     assert store.finish(succeeded, "w1", "succeeded", results_summary=summary)
     assert store.finish(failed, "w1", "failed", error_code="out_of_memory", error_message="ran out: 12 GB < 16 GB")
     assert client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 202
+    numbers = {"big": 2**70, "nested": [{"a": [1.5]}]}
+    if api_server.settings.database_url.startswith("sqlite"):  # PostgreSQL's json type refuses NaN
+        numbers |= {"nan": float("nan"), "inf": float("inf")}
     with sessions.begin() as session:
         session.execute(update(Job).where(Job.id == odd).values(
             progress={"fraction": 1, "epoch": 2.0, "unknown": "dropped"}, error_code="x",
-            error_message='\u00e9 \U0001f600 "quoted" </script>\n\t\x00',
+            error_message='\u00e9 \U0001f600 "quoted" </script>\n\t',
             spec={**TINY_SPEC, "name": "odd", "note": ["\u00e9", 1e300, -0.0, 10**20, None, True]},
-            results_summary={"nan": float("nan"), "inf": float("inf"), "big": 2**70, "nested": [{"a": [1.5]}]}))
+            results_summary=numbers))
     return [queued, running, succeeded, failed, cancelled, odd]
 
 
