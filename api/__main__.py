@@ -4,8 +4,9 @@ N uvicorn servers of `api.app:create_app`, one per process (defaults: KD_HOST, K
 KD_LOG_LEVEL). On Linux each process accepts from a listening socket of its own, all bound to the port
 with SO_REUSEPORT, and the kernel spreads new connections evenly over them. uvicorn's own `--workers`
 shares one socket, and the process that wakes first accepts every connection waiting: 50 keep-alive
-clients split about 40/10, and one core did most of the work (docs/BENCHMARKS.md). Elsewhere, and for
-one process, uvicorn runs as is. (SO_REUSEPORT lets only processes of the same user join the port.)
+clients opened together split about 39/11, and those of the busier process waited longer
+(docs/BENCHMARKS.md). Elsewhere, and for one process, uvicorn runs as is. (SO_REUSEPORT lets only
+processes of the same user join the port.)
 
 The parent binds the sockets before it starts the processes and keeps them, so a connection made while a
 process starts (or starts again) waits in that process's backlog instead of piling onto the others. It
