@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app(settings)`; run with `uvicorn api.app:create_app --factory`."""
+"""The FastAPI application: `create_app(settings)`; run with `python -m api` (api/__main__.py) or
+`uvicorn api.app:create_app --factory`."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry.register(UploadBudgetCollector(upload_budget))
     install_problem_handlers(app)
     limit_pil_pixels(settings.max_image_pixels)
+    app.router.routes.append(jobs.plain_get_job_route())  # ahead of the routers: it is matched first
     routers = (jobs.router, events.router, datasets.router, models.router, health.router)
     for router in routers:
         app.include_router(router)

@@ -1,10 +1,11 @@
 """HTTP load on the API: req/s and latency percentiles per route and concurrency, printed as JSON.
 
-Starts the real server the service runs (`uvicorn api.app:create_app --factory`, as scripts/serve.py
-does) on a temp SQLite + filesystem broker, makes an API key, submits a few jobs (no worker: they stay
-queued), then drives each route with a fixed number of keep-alive connections for a fixed time. The
-client is raw asyncio streams with HTTP/1.1 keep-alive (uvloop when installed), cheap enough to leave
-the CPU to the server; its own CPU seconds are reported (`client_cpu_s`).
+Starts the real server the service runs (the command of scripts/serve.py: `python -m api`, uvicorn
+processes of `api.app:create_app`) on a temp SQLite + filesystem broker, makes an API key, submits a few
+jobs (no worker: they stay queued), then drives each route with a fixed number of keep-alive connections
+for a fixed time. The client is an asyncio protocol per connection (uvloop when installed), cheap enough
+to leave the CPU to the server; its own CPU seconds are reported (`client_cpu_s`), and those of the
+server's processes (`server_cpu_s`, and per request) when the benchmark started it.
 
     python bench/api_load.py [--routes get list post] [--concurrency 1 10 50 200 500] [--duration 5]
                              [--api-workers N] [--repo PATH] [--uvicorn-args ARGS] [--url URL --key KEY]
@@ -30,6 +31,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -49,45 +52,78 @@ def _request(method: str, path: str, key: str, body: bytes = b"") -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, server closes the connection). Bodies have Content-Length (no chunked JSON here)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    at = lower.find(b"content-length:")
-    length = int(lower[at + 15:lower.find(b"\r\n", at)]) if at >= 0 else 0
-    if length:
-        await reader.readexactly(length)
-    return status, b"connection: close" in lower
+def _answer_length(buffer: bytearray) -> tuple[int, bytes] | None:
+    """(bytes of the first complete answer in buffer, its lower-cased head), or None while incomplete.
+    Bodies have Content-Length (no chunked JSON here)."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = bytes(buffer[:head_end + 2]).lower()
+    at = head.find(b"content-length:")
+    length = head_end + 4 + (int(head[at + 15:head.index(b"\r\n", at)]) if at >= 0 else 0)
+    return (length, head) if len(buffer) >= length else None
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection that sends the request again as soon as its answer is complete. A protocol
+    rather than streams: half the client's CPU per request (docs/BENCHMARKS.md), CPU that the server
+    does not get on a small machine."""
+
+    def __init__(self, request: bytes, stop_at: float, latencies: list[float], statuses: Counter):
+        self.request, self.stop_at, self.latencies, self.statuses = request, stop_at, latencies, statuses
+        self.buffer = bytearray()
+        self.sent_at: float | None = None  # while an answer is awaited
+        self.closed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._ask()
+
+    def _ask(self) -> None:
+        if time.perf_counter() >= self.stop_at:
+            self.transport.close()
+            return
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if (answer := _answer_length(self.buffer)) is None:
+            return
+        length, head = answer
+        del self.buffer[:length]
+        self.latencies.append(time.perf_counter() - self.sent_at)
+        self.statuses[head[9:12].decode()] += 1
+        self.sent_at = None
+        if b"connection: close" in head:
+            self.transport.close()
+        else:
+            self._ask()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sent_at is not None:  # closed with a request unanswered
+            self.statuses[type(exc).__name__ if exc else "closed"] += 1
+        self.closed.set_result(None)
 
 
 async def _connection(host: str, port: int, request: bytes, stop_at: float, latencies: list[float],
                       statuses: Counter) -> None:
-    reader = writer = None
+    loop = asyncio.get_running_loop()
     while time.perf_counter() < stop_at:
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(host, port)
-            start = time.perf_counter()
-            writer.write(request)
-            status, closing = await asyncio.wait_for(_read_response(reader), REQUEST_TIMEOUT_S)
-            latencies.append(time.perf_counter() - start)
-            statuses[str(status)] += 1
-            if closing:
-                writer.close()
-                writer = None
-        except TimeoutError:
-            statuses["timeout"] += 1
-            writer.close()
-            writer = None
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            transport, client = await loop.create_connection(
+                lambda: _Client(request, stop_at, latencies, statuses), host, port)
+        except OSError as exc:
             statuses[type(exc).__name__] += 1
-            if writer is not None:
-                writer.close()
-            writer = None
             await asyncio.sleep(0.05)
-    if writer is not None:
-        writer.close()
+            continue
+        while not client.closed.done():  # until the run ends or the server closes; a stuck answer is a timeout
+            await asyncio.wait([client.closed], timeout=1.0)
+            if client.sent_at is not None and time.perf_counter() - client.sent_at > REQUEST_TIMEOUT_S:
+                statuses["timeout"] += 1
+                client.sent_at = None
+                transport.abort()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -161,6 +197,21 @@ def start_server(repo: Path, var_dir: Path, api_workers: int | None,
     raise RuntimeError("the API did not start")
 
 
+def tree_cpu_seconds(proc: subprocess.Popen | None) -> float | None:
+    """User + system CPU seconds of a started server and every process under it (None for --url)."""
+    if proc is None:
+        return None
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def seed_jobs(url: str, key: str, count: int) -> str:
     body = json.dumps(JOB_SPEC).encode()
     job_id = ""
@@ -182,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an already running API (with --key) instead of starting one")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--seed-jobs", type=int, default=50)
-    parser.add_argument("--uvicorn-args", default="", help='appended to the server command, e.g. '
-                        '"--http h11 --loop asyncio" (what uvicorn picks without uvicorn[standard])')
+    parser.add_argument("--uvicorn-args", default="", help='appended to the server command of a --repo whose '
+                        'serve.py runs the uvicorn CLI, e.g. "--http h11 --loop asyncio" (what uvicorn picks '
+                        'without uvicorn[standard])')
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -207,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
             results = []
             for route in args.routes:
                 for concurrency in args.concurrency:
+                    server_cpu = tree_cpu_seconds(proc)
                     row = {"route": route, **asyncio.run(run_level(url, requests[route], concurrency,
                                                                    args.duration))}
+                    if server_cpu is not None:  # what the server's processes used, all of them
+                        row["server_cpu_s"] = round(tree_cpu_seconds(proc) - server_cpu, 2)
+                        row["server_cpu_ms_per_request"] = round(1000 * row["server_cpu_s"] / max(row["requests"], 1),
+                                                                 3)
                     print(json.dumps(row), flush=True)
                     results.append(row)
             print(json.dumps({"load_average": os.getloadavg(), "results": results}, indent=1))

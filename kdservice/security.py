@@ -1,8 +1,9 @@
 """API keys: random tokens shown once, stored as sha256 hex; `Authorization: Bearer <key>`.
 
 A key works until it expires (`expires_at`, optional) or an admin revokes it (`revoked_at`). Every
-request looks the key up in the database (`authenticate`): nothing is cached, so a revocation or an
-expiry takes effect on the very next request, on every API replica.
+request looks the key up in the database (`authenticate`, or `key_columns` for the API's Core reads):
+nothing is cached, so a revocation or an expiry takes effect on the very next request, on every API
+replica. `refusal` is the one rule that says whether a known key works.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from kdservice.db import PreparedSelect
 from kdservice.tables import ApiKey, utcnow
 
 KEY_PREFIX = "kd_"
 PREFIX_LENGTH = 10  # what listings show: "kd_" and 7 random characters
 MAX_KEY_LENGTH = 200
+UNKNOWN_KEY = "unknown API key"
 
 
 class AuthError(Exception):
@@ -58,7 +62,7 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token:
         raise AuthError("Authorization must be 'Bearer <API key>'")
     if len(token) > MAX_KEY_LENGTH:
-        raise AuthError("unknown API key")
+        raise AuthError(UNKNOWN_KEY)
     return token
 
 
@@ -72,12 +76,32 @@ def working_key(session: Session, key: str, now: datetime | None = None) -> ApiK
     itself); AuthError saying which it is not."""
     row = find_api_key(session, key) if len(key) <= MAX_KEY_LENGTH else None
     if row is None:
-        raise AuthError("unknown API key")
-    if row.revoked_at is not None:
-        raise AuthError("this API key was revoked")
-    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
-        raise AuthError("this API key expired; ask for a new one")
+        raise AuthError(UNKNOWN_KEY)
+    if (reason := refusal(row.revoked_at, row.expires_at, now)) is not None:
+        raise AuthError(reason)
     return row
+
+
+def refusal(revoked_at: datetime | None, expires_at: datetime | None, now: datetime | None = None) -> str | None:
+    """Why a known key does not work (revoked, expired), or None when it works."""
+    if revoked_at is not None:
+        return "this API key was revoked"
+    if expires_at is not None and expires_at <= (now or utcnow()):
+        return "this API key expired; ask for a new one"
+    return None
+
+
+_KEYS = ApiKey.__table__
+# Not the ORM: the API looks a key up on every request (api/deps.py, api/reads.py).
+_KEY_BY_HASH = PreparedSelect(select(_KEYS).where(_KEYS.c.key_hash == bindparam("key_hash")))
+
+
+def key_columns(connection: Connection, key: str) -> dict[str, Any] | None:
+    """Every column of a key's row (working or not), by name; None for an unknown key."""
+    if len(key) > MAX_KEY_LENGTH:
+        return None
+    rows = _KEY_BY_HASH.rows(connection, {"key_hash": hash_key(key)})
+    return dict(zip(_KEYS.columns.keys(), rows[0], strict=True)) if rows else None
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

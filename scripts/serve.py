@@ -1,6 +1,6 @@
 """`make up`: migrate, make sure the local user has an API key, run the API and worker(s), keep them running.
 
-The same entry points as production (`uvicorn api.app:create_app --factory`, `python -m worker`);
+The same entry points as production (`python -m api`: uvicorn serving `api.app:create_app`; `python -m worker`);
 KD_DATABASE_URL, KD_BROKER_URL and KD_ARTIFACT_DIR switch to PostgreSQL, Redis and shared storage.
 
 Supervision. A child that dies is started again: after 1 s, then 2, 4, ... up to a minute while it keeps
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from kdservice import workers  # noqa: E402
 from kdservice.db import make_engine, make_sessionmaker, upgrade_database  # noqa: E402
 from kdservice.security import create_api_key, find_api_key  # noqa: E402
-from kdservice.settings import API_KEEP_ALIVE_SECONDS, Settings, get_settings  # noqa: E402
+from kdservice.settings import Settings, get_settings  # noqa: E402
 from kdservice.tables import utcnow  # noqa: E402
 
 GRACE_SECONDS = 20  # a worker hands its running job back at the next cancel poll (seconds)
@@ -52,10 +52,10 @@ log = logging.getLogger("kd.serve")
 
 
 def api_command(settings: Settings) -> list[str]:
-    """Arguments after `python` that run the API as `make up` does (also used by tests and bench/)."""
-    return ["-m", "uvicorn", "api.app:create_app", "--factory", "--host", settings.host,
-            "--port", str(settings.port), "--workers", str(settings.api_workers),
-            "--log-level", settings.log_level, "--timeout-keep-alive", str(API_KEEP_ALIVE_SECONDS)]
+    """Arguments after `python` that run the API as `make up` does (also used by tests and bench/):
+    `python -m api`, uvicorn processes of `api.app:create_app` that each listen on their own socket."""
+    return ["-m", "api", "--host", settings.host, "--port", str(settings.port),
+            "--workers", str(settings.api_workers), "--log-level", settings.log_level]
 
 
 def ensure_local_key(settings: Settings) -> str:

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
+from starlette.routing import Route
 
-from api.deps import ApiKeyDep, DatabaseDep, OwnerDep, SessionDep, SettingsDep, owned, owned_or_404, owner_of_key
+from api import reads
+from api.deps import BEARER_SECURITY, DatabaseDep, OwnerDep, SessionDep, SettingsDep, api_key_of, owned, owned_or_404
 from api.problems import Problem, ProblemError, problem_doc
-from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, JobSummary, PhaseSeries
+from api.schemas import ArtifactInfo, ArtifactList, JobDetail, JobMetrics, JobPage, PhaseSeries
 from kdcore.cards import teacher_file_differences
 from kdcore.job_files import ARTIFACT_NAMES, MEDIA_TYPES, RESULTS
 from kdcore.spec import JobSpec
@@ -30,7 +29,7 @@ from kdservice.policy import SpecProblem, check_http_spec
 from kdservice.queue import enqueue_job
 from kdservice.settings import Settings
 from kdservice.states import JobState
-from kdservice.tables import ID_PATTERN, ApiKey, Artifact, Dataset, Job, JobMetric, JobTransition, Model
+from kdservice.tables import ApiKey, Artifact, Dataset, Job, JobMetric, JobTransition, Model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -160,25 +159,6 @@ def submit_spec(session: Session, owner: ApiKey, spec: JobSpec, settings: Settin
     return _created(job_detail(session, job), 201)
 
 
-def encode_cursor(created_at: datetime, job_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
-        # In UTC, as stored: a date near year 1 or 9999 in another zone overflows here, not in the query.
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None or not ID_PATTERN.fullmatch(job_id):
-            raise ValueError("bad cursor contents")
-        return when.astimezone(UTC), job_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
-        raise ProblemError(422, "cursor is not one this API returned (use next_cursor as is)",
-                           field="cursor") from exc
-
-
 @router.get("", response_model=JobPage, summary="List your jobs, newest first", responses=ERRORS)
 async def list_jobs(
     owner: OwnerDep, db: DatabaseDep,
@@ -186,31 +166,33 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=500, description="from the last page")] = None,
     status: Annotated[list[JobState] | None, Query(description="only these states (repeatable)")] = None,
 ) -> Response:
-    return await db.read(lambda session: _json(job_page_of(session, owner, limit, cursor, status)))
-
-
-def job_page_of(session: Session, owner: ApiKey, limit: int, cursor: str | None,
-              status: list[JobState] | None) -> JobPage:
-    # A summary shows neither the spec nor the results: not loading (and JSON-decoding) them per row.
-    query = select(Job).options(defer(Job.spec), defer(Job.results_summary)).where(Job.owner_id == owner.id)
-    if status:
-        query = query.where(Job.state.in_(status))
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-    return JobPage(items=[JobSummary.from_row(j) for j in page], next_cursor=next_cursor)
+    # The owner is a dependency (its 401 comes before any 422 of the query); the page is Core (api/reads.py).
+    body = await db.read(lambda connection: reads.job_page_json(connection, owner.id, limit, cursor, status))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobDetail, summary="State, progress, transitions, results summary",
-            responses=ERRORS)
-async def get_job(job_id: str, key: ApiKeyDep, db: DatabaseDep) -> Response:
-    def work(session: Session) -> Response:  # the owner lookup and the job in one database call
-        return _json(job_detail(session, get_owned_job(session, owner_of_key(session, key), job_id)))
+            responses=ERRORS, openapi_extra=BEARER_SECURITY)
+async def get_job(job_id: str, request: Request) -> Response:
+    # The route clients poll: no dependencies, and the key and the job in one database call (no validation
+    # can fail here, so no 422 comes before a 401). create_app serves it through plain_get_job_route().
+    key, db = api_key_of(request), request.app.state.db
+    return Response(await db.read(lambda connection: reads.job_json(connection, key, job_id)),
+                    media_type="application/json")
 
-    return await db.read(work)
+
+async def _get_job_plain(request: Request) -> Response:
+    return await get_job(request.path_params["job_id"], request)
+
+
+def plain_get_job_route() -> Route:
+    """get_job as a plain Starlette route, which create_app puts ahead of the routers: FastAPI's handling
+    of an APIRoute (its routing through included routers, its request and response machinery) cost more
+    CPU than the route's own database work (docs/BENCHMARKS.md). The APIRoute above documents it (OpenAPI)
+    and answers it where this route is not installed; both run the same function."""
+    route = Route(router.prefix + "/{job_id}", _get_job_plain, methods=["GET"], include_in_schema=False)
+    route.methods = {"GET"}  # Starlette adds HEAD to a GET route; the API's routes answer HEAD with 405
+    return route
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobDetail, summary="Ask a job to stop",

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from api import reads
 from api.problems import ProblemError, validation_errors
 from api.routes import datasets, events, jobs, models
 from api.schemas import ArtifactList, DatasetInfo, DatasetList, JobDetail, JobPage, ModelInfo, ModelList
@@ -33,7 +34,7 @@ from kdservice.tables import ApiKey, Job
 
 def job_page(session: Session, owner: ApiKey, limit: int, cursor: str | None,
              states: list[JobState] | None) -> JobPage:
-    return jobs.job_page_of(session, owner, limit, cursor, states)
+    return JobPage.model_validate(reads.job_page(session.connection(), owner.id, limit, cursor, states))
 
 
 def results_summaries(session: Session, owner: ApiKey, job_ids: list[str]) -> dict[str, dict | None]:
