@@ -50,6 +50,7 @@ def status(server: ApiServer, key: str) -> int:
         return client.get("/v1/jobs").status_code
 
 
+@pytest.mark.slow
 def test_revoked_key_is_refused_at_once(api_server: ApiServer, var_dir):
     key, other = create_key(var_dir, "carol"), create_key(var_dir, "dave")
     rows = listing(var_dir)
@@ -76,6 +77,7 @@ def test_revoked_key_is_refused_at_once(api_server: ApiServer, var_dir):
     assert again.returncode == 0 and "already revoked" in again.stdout
 
 
+@pytest.mark.slow
 def test_expiring_key(api_server: ApiServer, var_dir):
     key = create_key(var_dir, "erin", "--expires-in", "0.0001")  # 8.6 s
     assert status(api_server, key) == 200

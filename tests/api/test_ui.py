@@ -66,6 +66,7 @@ def _raw_post(base_url: str, path: str, headers: dict[str, str], declared: int) 
         return time.monotonic() - start, answer
 
 
+@pytest.mark.slow
 def test_uploads_are_refused_before_their_body_is_read(api_server: ApiServer):  # noqa: F811
     key = api_server.new_key("uploader")
     declared = 50 * 1024 * 1024  # announced, never sent: an answer proves nothing waited for the body

@@ -46,6 +46,7 @@ def _connections_held(process: psutil.Process, port: int) -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
+@pytest.mark.slow
 def test_processes_share_connections_a_dead_one_is_replaced_and_sigterm_stops_all(tmp_path):
     port = free_port()
     api = start_process([sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],

@@ -18,6 +18,8 @@ from kdservice.queue import enqueue_job
 from kdservice.tables import JobMetric, JobTransition
 from tests.helpers import Service, service_env, tiny_spec, wait_until
 
+pytestmark = pytest.mark.slow  # each starts an API and workers and trains a job
+
 JOB_TIMEOUT_S = 300  # two cores shared with other test runs: generous, jobs take seconds when idle
 
 

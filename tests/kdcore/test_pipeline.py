@@ -56,6 +56,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_runs(tmp_path: Path, cache_dir: Path) -> None:
     spec = JobSpec.model_validate({**TINY, "teacher": {**TINY["teacher"], "reuse": False}})  # both train it
     first = run(spec, tmp_path / "a", cache_dir=cache_dir, device="cpu")
@@ -140,6 +141,7 @@ def test_digits_example_through_the_cli(tmp_path: Path, cache_dir: Path) -> None
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler")
+@pytest.mark.slow
 def test_compiled_training_keeps_plain_weights_and_learns_like_eager(tmp_path: Path, cache_dir: Path) -> None:
     """train.compile (inductor, ~40 s of compiling here): checkpoints and exported weights keep the plain
     model's keys, load into an uncompiled model that reproduces the reported accuracy, and the run
@@ -176,6 +178,7 @@ class LogLines(Callbacks):
         self.logs.append(message)
 
 
+@pytest.mark.slow
 def test_a_later_job_reuses_the_teacher_trained_on_the_same_data_and_recipe(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = run(JobSpec.model_validate(TINY), tmp_path / "kd", cache_dir=cache, device="cpu")

@@ -69,6 +69,7 @@ class Recorder(Callbacks):
         return self.stop
 
 
+@pytest.mark.slow
 def test_a_resumed_job_continues_inside_its_seed_and_never_retrains_a_finished_one(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -149,6 +150,7 @@ def _severity_mean(block: dict, corruption: str) -> float:
     return float(np.mean(list(block["per_corruption"][corruption].values())))
 
 
+@pytest.mark.slow
 def test_digits_example_with_three_seeds_through_the_cli(tmp_path: Path, cache_dir: Path) -> None:
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(_example_copy([0, 1, 2])))
