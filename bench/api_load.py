@@ -69,8 +69,10 @@ class _Client(asyncio.Protocol):
     rather than streams: half the client's CPU per request (docs/BENCHMARKS.md), CPU that the server
     does not get on a small machine."""
 
-    def __init__(self, request: bytes, stop_at: float, latencies: list[float], statuses: Counter):
+    def __init__(self, request: bytes, stop_at: float, latencies: list[float], statuses: Counter,
+                 firsts: list[float]):
         self.request, self.stop_at, self.latencies, self.statuses = request, stop_at, latencies, statuses
+        self.firsts = firsts  # also the latency of each connection's first request (it includes the accept)
         self.buffer = bytearray()
         self.sent_at: float | None = None  # while an answer is awaited
         self.closed = asyncio.get_running_loop().create_future()
@@ -93,7 +95,11 @@ class _Client(asyncio.Protocol):
             return
         length, head = answer
         del self.buffer[:length]
-        self.latencies.append(time.perf_counter() - self.sent_at)
+        latency = time.perf_counter() - self.sent_at
+        self.latencies.append(latency)
+        if self.firsts is not None:
+            self.firsts.append(latency)
+            self.firsts = None
         self.statuses[head[9:12].decode()] += 1
         self.sent_at = None
         if b"connection: close" in head:
@@ -108,12 +114,12 @@ class _Client(asyncio.Protocol):
 
 
 async def _connection(host: str, port: int, request: bytes, stop_at: float, latencies: list[float],
-                      statuses: Counter) -> None:
+                      statuses: Counter, firsts: list[float]) -> None:
     loop = asyncio.get_running_loop()
     while time.perf_counter() < stop_at:
         try:
             transport, client = await loop.create_connection(
-                lambda: _Client(request, stop_at, latencies, statuses), host, port)
+                lambda: _Client(request, stop_at, latencies, statuses, firsts), host, port)
         except OSError as exc:
             statuses[type(exc).__name__] += 1
             await asyncio.sleep(0.05)
@@ -135,10 +141,11 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 async def run_level(url: str, request: bytes, concurrency: int, duration: float) -> dict:
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
+    firsts: list[float] = []
     statuses: Counter = Counter()
     cpu0, start = os.times(), time.perf_counter()
     stop_at = start + duration
-    await asyncio.gather(*(_connection(host, int(port), request, stop_at, latencies, statuses)
+    await asyncio.gather(*(_connection(host, int(port), request, stop_at, latencies, statuses, firsts)
                            for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     cpu1 = os.times()
@@ -148,6 +155,9 @@ async def run_level(url: str, request: bytes, concurrency: int, duration: float)
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": round(elapsed, 2),
             "req_per_s": round(len(latencies) / elapsed, 1), **ms,
             "max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+            # The slowest answers, on which connections: the first request of each, or the later ones.
+            "first_requests_max_ms": round(1000 * max(firsts), 1) if firsts else None,
+            "later_requests_over_1s": sum(v > 1 for v in latencies) - sum(v > 1 for v in firsts),
             "status": dict(sorted(statuses.items())),
             "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2)}
 
