@@ -106,6 +106,20 @@ def insert_job(settings, spec: dict[str, Any] | None = None, **fields: Any) -> s
     return job_id
 
 
+def finish_with_files(store: Any, job_id: str, worker: str, out: Path, files: dict[str, bytes],
+                      results_summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The end of a worker's run, played with its real JobStore: write `files` into `out`, then finish the
+    claimed job_id as succeeded with them as its artifacts. Returns the artifact rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+        rows.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                     "path": str(out / name)})
+    assert store.finish(job_id, worker, "succeeded", results_summary=results_summary, artifacts=rows)
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from kdservice import jobstore
 from kdservice.db import sessions
 from kdservice.jobstore import JobStore
 from tests import helpers
-from tests.helpers import TINY_SPEC, ApiServer, assert_problem
+from tests.helpers import TINY_SPEC, ApiServer, assert_problem, finish_with_files
 
 api_server = helpers.api_server
 
@@ -134,17 +133,10 @@ def _finish_with_artifacts(server: ApiServer, job_id: str) -> dict[str, bytes]:
     store.add_metric(job_id, "distilling", 0, {"train_loss": 1.5, "val_acc": 0.4, "lr": 0.1, "seed": 3})
     store.add_metric(job_id, "distilling", 1, {"train_loss": 1.2, "val_acc": 0.6, "lr": 0.05, "seed": 3})
     store.add_log(job_id, "epoch 1 done")
-    out = Path(server.settings.artifact_dir) / "jobs" / job_id
-    out.mkdir(parents=True, exist_ok=True)
     files = {"results.json": json.dumps({"models": {"student_kd": {"clean_acc": 0.61}}}).encode(),
              "student.safetensors": b"weights" * 100}
-    rows = []
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-        rows.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                     "path": str(out / name)})
-    assert store.finish(job_id, "worker-b", "succeeded", results_summary={"student_kd": {"clean_acc": 0.61}},
-                        artifacts=rows)
+    finish_with_files(store, job_id, "worker-b", Path(server.settings.artifact_dir) / "jobs" / job_id, files,
+                      {"student_kd": {"clean_acc": 0.61}})
     return files
 
 

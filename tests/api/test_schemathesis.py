@@ -11,7 +11,6 @@ only on random ids that answer 404.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,15 @@ from schemathesis.specs.openapi.checks import (
 from kdservice import workers
 from kdservice.db import make_engine, make_sessionmaker
 from kdservice.jobstore import JobStore
-from tests.helpers import TINY_SPEC, ApiServer, image_folder_files, module_settings, serve, zip_bytes
+from tests.helpers import (
+    TINY_SPEC,
+    ApiServer,
+    finish_with_files,
+    image_folder_files,
+    module_settings,
+    serve,
+    zip_bytes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +87,9 @@ def _succeed(api_server: ApiServer, job_id: str) -> dict[str, str]:
     store.set_progress(job_id, "fuzz-worker", "distilling", {"phase": "distilling", "fraction": 0.5})
     store.add_metric(job_id, "distilling", 0, {"train_loss": 1.5, "val_acc": 0.4, "lr": 0.1})
     store.add_log(job_id, "epoch 1 done")
-    out = api_server.settings.job_dir(job_id)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"results.json": json.dumps({"student_kd": {"clean_acc": 0.6}}).encode(), "student.safetensors": b"w" * 64}
-    rows = []
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-        rows.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                     "path": str(out / name)})
-    assert store.finish(job_id, "fuzz-worker", "succeeded", results_summary={"student_kd": {"clean_acc": 0.6}},
-                        artifacts=rows)
+    rows = finish_with_files(store, job_id, "fuzz-worker", api_server.settings.job_dir(job_id), files,
+                             {"student_kd": {"clean_acc": 0.6}})
     return {row["name"]: f'"{row["sha256"]}"' for row in rows}
 
 
