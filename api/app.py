@@ -16,7 +16,7 @@ from api.middleware import RequestGate
 from api.offline_docs import install_offline_docs
 from api.problems import document_problems, install_problem_handlers
 from api.routes import datasets, events, health, jobs, models
-from api.ui import UI_UPLOAD_CHECKS, install_ui
+from api.ui import UI_UPLOAD_CHECKS, install_ui, refused_upload
 from kdservice.archives import limit_pil_pixels
 from kdservice.budget import DiskBudget
 from kdservice.db import is_local_sqlite, make_engine, upgrade_database
@@ -74,5 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ui_routes = install_ui(app)  # the pages under /ui
     routes = [*app.routes, *(route for router in routers for route in router.routes), *ui_routes]
     app.add_middleware(RequestGate, settings=settings, sessions=app.state.sessions,
-                       budget=upload_budget, routes=routes, upload_checks=UI_UPLOAD_CHECKS)
+                       budget=upload_budget, routes=routes, upload_checks=UI_UPLOAD_CHECKS,
+                       upload_refusal=refused_upload)
     return app

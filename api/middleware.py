@@ -35,6 +35,8 @@ UPLOAD_DISK_COPIES = 2
 # An upload path's own credential check, from the request's headers only (no body): None lets the request
 # in, a Response refuses it.
 UploadCheck = Callable[[Request, Session], Response | None]
+# How such a path answers the gate's own refusals (too large, no disk budget): the pages answer a page.
+UploadRefusal = Callable[[Request, HTTPException], Response]
 
 
 class BodyTooLarge(HTTPException):
@@ -62,10 +64,12 @@ def allowed_methods(routes: Sequence[BaseRoute], path: str) -> list[str]:
 
 class RequestGate:
     def __init__(self, app: ASGIApp, settings: Settings, sessions: sessionmaker[Session], budget: DiskBudget,
-                 routes: Sequence[BaseRoute], upload_checks: Mapping[str, UploadCheck] | None = None):
+                 routes: Sequence[BaseRoute], upload_checks: Mapping[str, UploadCheck] | None = None,
+                 upload_refusal: UploadRefusal | None = None):
         self.app, self.settings, self.sessions, self.budget = app, settings, sessions, budget
         self.routes = routes  # every route with its path pattern and methods, for OPTIONS
         self.upload_checks = dict(upload_checks or {})  # more upload paths, each with its own check
+        self.upload_refusal = upload_refusal  # their answer to a refusal below (default: a problem)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,6 +145,11 @@ class RequestGate:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: HTTPException,
                       kind: str | None = None) -> None:
         headers = {**(error.headers or {}), "Connection": "close"}  # the unread body ends the connection
+        if self.upload_refusal is not None and scope["path"] in self.upload_checks:
+            response = self.upload_refusal(Request(scope), error)
+            response.headers.update(headers)
+            await response(scope, receive, send)
+            return
         response = problem_response(Request(scope), error.status_code, str(error.detail),
                                     errors=getattr(error, "errors", None), headers=headers,
                                     kind=kind or ("payload-too-large" if error.status_code == 413 else None))

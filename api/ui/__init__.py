@@ -2,7 +2,8 @@
 
 `install_ui(app)` adds the routes and the static files; api/app.py gives the request gate
 (api/middleware.py) UI_UPLOAD_CHECKS, so a page's upload is authenticated (cookie and CSRF token) before
-its body is read, and counts against the same size limit and disk budget as /v1 uploads. The pages call
+its body is read, and counts against the same size limit and disk budget as /v1 uploads (a refusal there
+is a page too: refused_upload). The pages call
 the API's own route logic (api/ui/service.py), so they answer what the /v1 routes answer, as HTML.
 """
 
@@ -13,11 +14,11 @@ from starlette.routing import BaseRoute
 
 from api.offline_docs import ImmutableStaticFiles
 from api.ui import compare_page, job_pages, sign_in, upload_pages
-from api.ui.render import STATIC_DIR, STATIC_URL
+from api.ui.render import STATIC_DIR, STATIC_URL, refused_upload
 from api.ui.upload_pages import UI_UPLOAD_PATHS, check_upload_headers
 
 UI_UPLOAD_CHECKS = dict.fromkeys(UI_UPLOAD_PATHS, check_upload_headers)
-__all__ = ["UI_UPLOAD_CHECKS", "install_ui"]
+__all__ = ["UI_UPLOAD_CHECKS", "install_ui", "refused_upload"]
 
 
 def install_ui(app: FastAPI) -> list[BaseRoute]:

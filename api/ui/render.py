@@ -84,6 +84,11 @@ def csrf_refused(request: Request) -> HTMLResponse:
                       "and submit it again.")
 
 
+def refused_upload(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
+    """The page for an upload the request gate refused before reading it (too large, no disk budget)."""
+    return error_page(request, exc.status_code, str(exc.detail), [{"field": "file", "message": str(exc.detail)}])
+
+
 def answer_error(request: Request, exc: Exception) -> Response:
     """The HTML answer to an exception a page raised (the /v1 routes answer problem+json instead)."""
     if isinstance(exc, SignInRequired):

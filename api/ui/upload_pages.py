@@ -49,12 +49,17 @@ def check_upload_headers(request: Request, session: Session) -> Response | None:
     return None
 
 
+def _limit(request: Request) -> dict[str, int]:
+    # The form's file field carries the limit: the page's script refuses a larger file before sending it.
+    return {"max_bytes": request.app.state.settings.upload_max_bytes}
+
+
 def _datasets_page(request: Request, session: Session, owner: ApiKey, created: str | None = None,
                    errors: list[dict[str, str]] | None = None, values: dict[str, Any] | None = None,
                    status: int = 200) -> Response:
     return page(request, "datasets.html", {
         "nav": "datasets", "items": service.dataset_list(session, owner).items, "created": created,
-        "errors": errors or [], "values": values or {}}, status)
+        "errors": errors or [], "values": values or {}, **_limit(request)}, status)
 
 
 def _models_page(request: Request, session: Session, owner: ApiKey, created: str | None = None,
@@ -62,7 +67,8 @@ def _models_page(request: Request, session: Session, owner: ApiKey, created: str
                  status: int = 200) -> Response:
     return page(request, "models.html", {
         "nav": "models", "items": service.model_list(session, owner).items, "created": created,
-        "errors": errors or [], "values": values or {"in_channels": "3"}, "archs": MODEL_ARCHS}, status)
+        "errors": errors or [], "values": values or {"in_channels": "3"}, "archs": MODEL_ARCHS, **_limit(request)},
+        status)
 
 
 @router.get("/datasets")

@@ -54,8 +54,10 @@ def test_after_sign_in_only_pages_of_this_site_are_targets():
         assert safe_next(hostile) == "/ui/jobs", hostile
 
 
-def _raw_post(base_url: str, path: str, headers: dict[str, str], declared: int) -> tuple[float, bytes]:
-    """Send only the headers of a POST announcing `declared` bytes; (seconds to the answer, the answer)."""
+def _raw_post(base_url: str, path: str, headers: dict[str, str], declared: int,
+              until_closed: bool = False) -> tuple[float, bytes]:
+    """Send only the headers of a POST announcing `declared` bytes; (seconds to the answer, the answer: its
+    first bytes, or all of it up to the server's close)."""
     parts = urlsplit(base_url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {declared}",
@@ -63,7 +65,10 @@ def _raw_post(base_url: str, path: str, headers: dict[str, str], declared: int) 
         start = time.monotonic()
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         answer = sock.recv(65536)
-        return time.monotonic() - start, answer
+        seconds = time.monotonic() - start
+        while until_closed and (more := sock.recv(65536)):
+            answer += more
+        return seconds, answer
 
 
 @pytest.mark.slow
@@ -78,6 +83,19 @@ def test_uploads_are_refused_before_their_body_is_read(api_server: ApiServer):  
     # The right token passes the check: this one does wait for the body (the read times out).
     with pytest.raises(TimeoutError):
         _raw_post(api_server.base_url, f"/ui/models?csrf={csrf_token(key)}", cookie | {"X": "y"}, declared)
+
+
+def test_an_upload_the_gate_refuses_is_answered_with_a_page(api_server: ApiServer):  # noqa: F811
+    """Too large by its Content-Length: the page says so (HTML, 413, the limit named), not a JSON problem."""
+    key = api_server.new_key("too-big")
+    declared = 4 * api_server.settings.upload_max_bytes  # announced, never sent
+    seconds, answer = _raw_post(api_server.base_url, f"/ui/datasets?csrf={csrf_token(key)}",
+                                {"Cookie": f"kd_ui_key={key}"}, declared, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and seconds < 5
+    assert b"content-type: text/html" in head.lower() and b"connection: close" in head.lower()
+    assert b"KD_UPLOAD_MAX_BYTES" in body and b"<code>file</code>" in body
+    assert b"problem" not in head.lower()  # not application/problem+json
 
 
 def test_the_jobs_list_stream_carries_every_watched_job_until_all_end(api_server: ApiServer):  # noqa: F811

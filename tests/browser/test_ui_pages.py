@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,16 @@ from kdservice.db import make_engine, make_sessionmaker
 from kdservice.security import find_api_key, revoke_api_key
 from tests.browser.browser_harness import PageWatch
 from tests.browser.ui_checks import check_and_capture, sign_in
-from tests.helpers import ApiServer, image_folder_files, tiny_spec, zip_bytes
+from tests.helpers import ApiServer, image_folder_files, module_settings, serve, tiny_spec, zip_bytes
 from tests.paths import EXAMPLES
 
 pytestmark = pytest.mark.browser
+UPLOAD_LIMIT = 2 << 20  # small, so that a test can pick a larger file
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from serve(module_settings(tmp_path_factory, upload_max_bytes=UPLOAD_LIMIT))
 
 
 def submit_api(api_server: ApiServer, key: str, name: str) -> str:
@@ -206,6 +213,14 @@ def test_upload_forms_store_data_sets_and_models(page: Page, page_watch: PageWat
     archive.write_bytes(zip_bytes(image_folder_files({"cat": 3, "dog": 3})))
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"not an archive")
+    too_large = tmp_path / "huge.zip"
+    too_large.write_bytes(b"\0" * (UPLOAD_LIMIT + 1))
+    field = page.get_by_label("Archive (.zip or .tar.gz)")
+    expect(field).to_have_accessible_description(re.compile("At most 2.00 MiB"))
+    field.set_input_files(too_large)  # refused by the page's script: nothing is sent
+    page.get_by_role("button", name="Upload data set").click()
+    assert "huge.zip is larger than the upload limit of 2.00 MiB" in field.evaluate("input => input.validationMessage")
+    expect(page).to_have_url(re.compile(r"/ui/datasets$"))
     page_watch.expect_status("/ui/datasets", 422)
     page.get_by_label("Archive (.zip or .tar.gz)").set_input_files(broken)
     page.get_by_role("button", name="Upload data set").click()

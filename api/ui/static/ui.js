@@ -133,8 +133,21 @@
     }
   }
 
+  // A file over the server's upload limit is refused here, before the browser sends any of it.
+  function bindSizeLimits(root) {
+    for (const input of root.querySelectorAll("input[type=file][data-max-bytes]")) {
+      input.addEventListener("change", () => {
+        const file = input.files[0];
+        const tooLarge = file && file.size > Number(input.dataset.maxBytes);
+        input.setCustomValidity(tooLarge ? `${file.name} is larger than the upload limit of ${input.dataset.maxText}.` : "");
+        input.reportValidity();
+      });
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     bindConfirms(document);
+    bindSizeLimits(document);
     const status = document.querySelector("#job-status[data-stream]");
     if (status) watchJob(status);
     const table = document.querySelector("table.jobs[data-stream]");
