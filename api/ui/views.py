@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from markupsafe import Markup
+
 from kdservice.summaries import MODEL_KEYS, MODEL_LABELS, format_quantity, format_spread
 
 # (results_summary field, column header, how to print it)
@@ -72,8 +74,11 @@ def eta_text(seconds: float | None) -> str:
     return f"about {hours} h {minutes} min left"
 
 
-def when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
+def when(moment: datetime | None) -> Markup:
+    """A <time> in UTC; the pages' script shows it in the reader's own time zone (the UTC text stays its title)."""
+    if moment is None:
+        return Markup("")
+    return Markup('<time datetime="{}">{}</time>').format(moment.isoformat(), moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
 def size_text(size: int | None) -> str:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from kdservice.db import make_engine, make_sessionmaker
 from kdservice.security import find_api_key, revoke_api_key
@@ -179,6 +181,25 @@ def test_validation_errors_show_next_to_their_fields(page: Page, page_watch: Pag
 
 def _example() -> dict:
     return json.loads((EXAMPLES / "digits-kd.json").read_text())
+
+
+def test_times_show_in_the_readers_time_zone(browser: Browser, base_url: str, api_server: ApiServer):
+    key = api_server.new_key("ravi")
+    job_id = submit_api(api_server, key, "local-time")
+    with api_server.client(key) as client:
+        created = datetime.fromisoformat(client.get(f"/v1/jobs/{job_id}").json()["created_at"])
+    context = browser.new_context(base_url=base_url, timezone_id="Asia/Kolkata")  # UTC+05:30
+    try:
+        page = context.new_page()
+        sign_in(page, key)
+        local = created.astimezone(ZoneInfo("Asia/Kolkata"))
+        cell = page.locator(f"#job-{job_id} time").first
+        expect(cell).to_have_text(local.strftime("%Y-%m-%d %H:%M:%S UTC+05:30"))
+        expect(cell).to_have_attribute("title", created.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
+        page.goto(f"/ui/jobs/{job_id}")
+        expect(page.locator("#job-status time").first).to_have_text(local.strftime("%Y-%m-%d %H:%M:%S UTC+05:30"))
+    finally:
+        context.close()
 
 
 def test_jobs_list_filters_and_pages(page: Page, api_server: ApiServer):

@@ -16,6 +16,24 @@
     return `about ${Math.floor(minutes / 60)} h ${minutes % 60} min left`;
   }
 
+  // Times arrive in UTC (<time datetime>); show them in the reader's time zone, the UTC text as the title.
+  function localTime(element) {
+    const moment = new Date(element.dateTime);
+    if (Number.isNaN(moment.getTime())) return;
+    const pad = (n) => String(n).padStart(2, "0");
+    const clock = `${pad(moment.getHours())}:${pad(moment.getMinutes())}:${pad(moment.getSeconds())}`;
+    const minutes = -moment.getTimezoneOffset();
+    const zone = minutes === 0 ? "UTC"
+      : `UTC${minutes > 0 ? "+" : "-"}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+    element.title = `${element.dateTime.slice(0, 19).replace("T", " ")} UTC`;
+    element.textContent = "clock" in element.dataset ? clock
+      : `${moment.getFullYear()}-${pad(moment.getMonth() + 1)}-${pad(moment.getDate())} ${clock} ${zone}`;
+  }
+
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(localTime);
+  }
+
   function field(root, name) {
     return root.querySelector(`[data-field="${name}"]`);
   }
@@ -55,7 +73,11 @@
     for (const id of ids) {
       const fresh = doc.getElementById(id);
       const current = document.getElementById(id);
-      if (fresh && current) current.replaceWith(document.importNode(fresh, true));
+      if (fresh && current) {
+        const copy = document.importNode(fresh, true);
+        localTimes(copy);
+        current.replaceWith(copy);
+      }
     }
     bindConfirms(document);
   }
@@ -98,7 +120,8 @@
       item.className = `log-${data.level}`;
       const time = document.createElement("time");
       time.dateTime = data.at;
-      time.textContent = data.at.slice(11, 19);
+      time.dataset.clock = "";
+      localTime(time);
       item.append(time, ` ${data.message}`);
       log.append(item);
       document.getElementById("log-empty")?.remove();
@@ -146,6 +169,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    localTimes(document);
     bindConfirms(document);
     bindSizeLimits(document);
     const status = document.querySelector("#job-status[data-stream]");
