@@ -81,7 +81,7 @@ MAX_PATH_LENGTH = 4096
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo such as "temprature" must not be silently ignored. NaN/Infinity
     # (which Python's JSON parser accepts) are errors too: no float field means anything with them.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class DatasetSpec(_Strict):

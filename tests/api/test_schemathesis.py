@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
     missing_required_header,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -50,7 +51,7 @@ pytestmark = pytest.mark.slow
 MAX_EXAMPLES = 200
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, ignored_auth, unsupported_method, allow_header_conformance,
-          missing_required_header]
+          missing_required_header, negative_data_rejection]
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,13 @@ BAD_SPECS = [
     ("train.seed beyond int64", "train.seed", 2**63, "train.seed", "less than or equal to"),
     ("evaluate.seed beyond int64", "evaluate.seed", 2**63, "evaluate.seed", "less than or equal to"),
     ("negative split_seed", "dataset.split_seed", -1, "dataset.split_seed", "greater than or equal to 0"),
+    # No type is guessed: a number in a string, a bool as 0/1 or a whole float are refused, not converted.
+    ("epochs as a string", "train.epochs", "5", "train.epochs", "valid integer"),
+    ("epochs as a float", "train.epochs", 5.0, "train.epochs", "valid integer"),
+    ("epochs as a bool", "train.epochs", True, "train.epochs", "valid integer"),
+    ("baseline as 0", "baseline", 0, "baseline", "valid boolean"),
+    ("baseline as a word", "baseline", "yes", "baseline", "valid boolean"),
+    ("lr as a string", "train.lr", "0.1", "train.lr", "valid number"),
 ]
 
 
