@@ -88,12 +88,23 @@ def _fraction_of(payload: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _status_text(payload: dict) -> str:
+    """"running distilling, seed 1, epoch 3 of 15" from a state or progress event (as the pages show it)."""
+    words = " ".join(str(s) for s in (payload.get("state"), payload.get("phase")) if s)
+    progress = payload.get("progress")
+    if isinstance(progress, dict) and progress.get("epochs"):
+        seed = f"seed {progress['seed']}, " if progress.get("seed") is not None else ""
+        words += f", {seed}epoch {progress.get('epoch')} of {progress['epochs']}"
+    return words
+
+
 def wait_for_job(job_id: str, *, show_progress: bool = True) -> dict:
     """Follow /events until the job is terminal (drawing a progress bar), then return the job."""
     from tqdm import tqdm
 
+    # The status goes in desc, placed after the bar: tqdm would put ", " before a postfix.
     bar = tqdm(total=100, unit="%", desc=job_id[:8], disable=not show_progress,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+               bar_format="{percentage:3.0f}%|{bar}| {desc}")
     try:
         with _client(timeout=httpx.Timeout(30.0, read=None)) as client:
             with client.stream("GET", f"/v1/jobs/{job_id}/events",
@@ -106,9 +117,8 @@ def wait_for_job(job_id: str, *, show_progress: bool = True) -> dict:
                     if fraction is not None:
                         bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
                     if isinstance(payload, dict):
-                        state, phase = payload.get("state"), payload.get("phase")
-                        if state or phase:
-                            bar.set_postfix_str(" ".join(str(s) for s in (state, phase) if s))
+                        if status := _status_text(payload):
+                            bar.set_description_str(f"{job_id[:8]} {status}")
                         if event == "log" and payload.get("message"):
                             bar.write(str(payload["message"]))
                 # the server ends the stream after a terminal state (and its last log lines)
