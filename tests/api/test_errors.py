@@ -53,6 +53,9 @@ BAD_SPECS = [
                                        "dataset": {"source": "cifar10", "image_size": 64}}, "evaluate.source"),
     ("seeds and train.seed", {**spec_with("train.seed", 3), "seeds": [0, 1]}, "seeds"),
     ("eleven seeds", {**spec_with("train.seed", None), "seeds": list(range(11))}, "seeds"),
+    # Strict types: nothing is converted (the JSON schema does not allow these either).
+    ("epochs as a string", spec_with("train.epochs", "5"), "train.epochs"),
+    ("baseline as 0", spec_with("baseline", 0), "baseline"),
 ]
 
 
