@@ -10,6 +10,8 @@ A teacher's evaluation is cached too, in <cache_dir>/teacher_evaluations/<key>.j
 teacher's weights (a digest of the tensors, so a teacher from the cache, from a given weights file or
 retrained to the same weights all match), the data fingerprint and every evaluation setting that changes
 a number. Evaluating the largest model on every corrupted test set then happens once, not once per job.
+
+Each load marks its files used (kdcore.cache_limit): a size-limited cache removes the least recently used.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from kdcore.atomic import atomic_path
+from kdcore.cache_limit import mark_used
 from kdcore.errors import WeightsError
 from kdcore.export import ModelCard, load_weights_into, save_safetensors
 from kdcore.robustness.evaluate import CACHE_VERSION as CORRUPTION_CACHE_VERSION
@@ -55,6 +58,7 @@ def load_cached_teacher(cache_dir: Path, key: str, model: nn.Module) -> dict | N
         load_weights_into(model, weights)
     except (OSError, ValueError, WeightsError):
         return None
+    mark_used(weights, summary)
     return info
 
 
@@ -103,7 +107,10 @@ def load_teacher_evaluation(cache_dir: Path, key: str) -> dict | None:
         block = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return block if isinstance(block, dict) and "clean_acc" in block else None
+    if not (isinstance(block, dict) and "clean_acc" in block):
+        return None
+    mark_used(path)
+    return block
 
 
 def store_teacher_evaluation(cache_dir: Path, key: str, block: dict) -> None:

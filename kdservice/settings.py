@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(
         60.0, gt=0, description="/readyz fails when no worker has sent a heartbeat for this long",
     )
+    cache_max_bytes: int = Field(
+        20 << 30, ge=0, description="the shared cache (decoded data, corrupted test sets, teachers) is kept under "
+        "this size: each worker's sweeper removes the least recently used entries (none used in the last hour)",
+    )
     tmp_max_age_seconds: float = Field(
         3600.0, gt=0, description="leftover upload/extraction files under tmp/ untouched this long are removed",
     )

@@ -6,8 +6,9 @@ that claims it calls kdcore.run on the same out_dir, which resumes from the last
 job whose message is gone (the filesystem broker loses one taken by a worker killed before its claim;
 Redis gives it back only after the visibility timeout) is sent again. No celery beat needed: each
 worker sweeps, and conditional UPDATEs in JobStore make concurrent sweeps safe. Each round also renews
-the worker's `workers` row (kdservice.workers: what /readyz looks at) and removes leftovers under tmp/
-older than KD_TMP_MAX_AGE_SECONDS (kdservice.tmpfiles).
+the worker's `workers` row (kdservice.workers: what /readyz looks at), removes leftovers under tmp/
+older than KD_TMP_MAX_AGE_SECONDS (kdservice.tmpfiles) and keeps the shared cache under
+KD_CACHE_MAX_BYTES (kdcore.cache_limit).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import threading
 from datetime import datetime, timedelta
 
+from kdcore.cache_limit import Pruned, prune_cache
 from kdservice import workers
 from kdservice.db import sessions
 from kdservice.jobstore import JobStore
@@ -74,6 +76,15 @@ def resend_lost(settings: Settings | None = None, now: datetime | None = None) -
     return resent
 
 
+def limit_cache(settings: Settings) -> Pruned:
+    """One sweep: the shared cache back under KD_CACHE_MAX_BYTES, least recently used entries first."""
+    pruned = prune_cache(settings.cache_dir, settings.cache_max_bytes)
+    if pruned.removed:
+        log.info("cache: removed %d files (%d bytes) used longest ago; %d bytes kept", len(pruned.removed),
+                 pruned.freed_bytes, pruned.kept_bytes)
+    return pruned
+
+
 def heartbeat(settings: Settings, worker_id: str) -> None:
     with _sweep_lock:
         workers.beat(sessions(settings.database_url), worker_id)
@@ -96,6 +107,7 @@ class Sweeper(threading.Thread):
                 requeue_expired(self.settings)
                 resend_lost(self.settings)
                 remove_stale(self.settings.tmp_dir, self.settings.tmp_max_age_seconds)
+                limit_cache(self.settings)
             except Exception:  # a database or broker blip: try again next round
                 log.exception("sweep failed")
             if self._halt.wait(self.interval_s):

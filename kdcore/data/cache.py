@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kdcore.atomic import atomic_path
+from kdcore.cache_limit import mark_used
 
 FORMAT = "kdcore-data-1"
 KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -34,9 +35,11 @@ def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], list[str]] | None:
             if meta.get("format") != FORMAT:
                 return None
             tensors = {k: f.get_tensor(k) for k in KEYS}
-        return tensors, json.loads(meta["classes"])
+        classes = json.loads(meta["classes"])
     except Exception:  # a truncated or foreign file is just a cache miss
         return None
+    mark_used(path)
+    return tensors, classes
 
 
 def write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: list[str]) -> None:

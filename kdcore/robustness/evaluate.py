@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdcore.atomic import atomic_path
+from kdcore.cache_limit import mark_used
 from kdcore.data.splits import SUBSET_SEED, balanced_subset
 from kdcore.errors import Cancelled, DataError
 from kdcore.evaluate import predict_logits
@@ -55,7 +56,10 @@ def _read_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
         images = load_file(path)["images"]
     except Exception:  # a damaged file is regenerated, never trusted
         return None
-    return images if tuple(images.shape) == shape and images.dtype == torch.uint8 else None
+    if tuple(images.shape) != shape or images.dtype != torch.uint8:
+        return None
+    mark_used(path)
+    return images
 
 
 def _write_atomic(path: Path, images: torch.Tensor) -> None:

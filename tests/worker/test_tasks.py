@@ -17,7 +17,7 @@ from kdservice.queue import QUEUE, producer, waiting_messages
 from kdservice.tables import Job, JobLog, utcnow
 from tests.helpers import insert_job, service_settings, wait_until
 from worker import tasks
-from worker.sweeper import requeue_expired, resend_lost
+from worker.sweeper import limit_cache, requeue_expired, resend_lost
 
 
 @pytest.fixture()
@@ -188,3 +188,15 @@ def test_release_hands_a_job_back_without_counting_the_attempt(settings, store):
     job = _job(store, job_id)
     assert (job.state, job.worker_id, job.attempts) == ("queued", None, 0)
     assert not store.release(job_id, "w1", "again")
+
+
+def test_the_sweeper_keeps_the_shared_cache_under_its_limit(tmp_path, monkeypatch):
+    settings = service_settings(tmp_path, monkeypatch, cache_max_bytes=1000)
+    cache = settings.cache_dir
+    old, new = cache / "corruptions" / "fog-s1-a.safetensors", cache / "data" / "b.safetensors"
+    for path, hours_ago in ((old, 5), (new, 2)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 800)
+        os.utime(path, (time.time() - hours_ago * 3600,) * 2)
+    pruned = limit_cache(settings)
+    assert pruned.removed == [old] and not old.exists() and new.exists() and pruned.kept_bytes == 800
