@@ -4,6 +4,8 @@ recent entries stay, and every real reader marks what it used."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from kdcore.data.cache import cache_path, read_cache, write_cache
 from kdcore.models import build_model
 from kdcore.robustness.evaluate import generated_cell
 from kdcore.teacher_cache import load_cached_teacher, load_teacher_evaluation, store_teacher, store_teacher_evaluation
+from tests.paths import REPO
 
 NOW = 1_900_000_000.0
 HOUR = 3600.0
@@ -89,3 +92,10 @@ def test_every_reader_marks_what_it_used(tmp_path: Path):
     assert load_cached_teacher(tmp_path, "k", build_model("resnet8", 2, 1, 8)) == {"best_val_acc": 0.5}
     assert load_teacher_evaluation(tmp_path, "e") == {"clean_acc": 0.5}
     assert all(_recent(path) for path in stored)
+
+
+def test_the_module_is_torch_free():
+    # The worker's parent process (its sweeper) imports it; torch stays out of that process.
+    code = "import sys, kdcore.cache_limit; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
