@@ -173,7 +173,9 @@ def trial(rig: Rig, rng: random.Random) -> dict:
         state, phase = rig.job_row(job_id)
         if state not in ("succeeded", "failed", "cancelled"):
             phases_file = rig.var_dir / "jobs" / job_id / "phases.json"
-            finished = [TRAIN_PHASES[n] for n in json.loads(phases_file.read_text())] if phases_file.exists() else []
+            # phases.json keys: "teacher", or "seed-<seed>/<student>" (kdcore.job_files.phase_key)
+            keys = json.loads(phases_file.read_text()) if phases_file.exists() else []
+            finished = [TRAIN_PHASES[key.rsplit("/", 1)[-1]] for key in keys]
             rig.kill_worker()
             killed_at, killed_in = utcnow(), phase
             rig.start_worker()
