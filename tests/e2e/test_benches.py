@@ -27,8 +27,8 @@ def _last_json(lines: list[str]) -> dict:
 
 
 def test_chaos_kills_and_every_job_still_succeeds_once():
-    summary = _last_json(_run("chaos.py", "--trials", "2", "--seed", "1", timeout=600))
-    assert summary["trials"] == 2 and summary["succeeded"] == 2
+    summary = _last_json(_run("chaos.py", "--trials", "1", "--seed", "1", timeout=600))
+    assert summary["trials"] == 1 and summary["succeeded"] == 1
     assert summary["completed_twice"] == 0 and summary["phases_retrained"] == 0
 
 
