@@ -4,9 +4,10 @@ Database work never holds a connection while waiting for a thread, nor a thread 
 connection (the pairing that once stopped the API under ~40 concurrent requests):
 
 - `Database.run(work)`: wait (asynchronously, first come first served, at most KD_DB_WAIT_SECONDS) for
-  one of KD_DB_POOL_SIZE slots, then run `work(session)` in a thread of its own with a session opened
-  and closed there. Slots equal the pool's connections, so a slot holder never waits for one. A
-  request that waits too long gets 503 + Retry-After. Submitting a job uses it.
+  one of KD_DB_POOL_SIZE slots (one on a local SQLite file, which takes one writer at a time), then run
+  `work(session)` in a thread of its own with a session opened and closed there. Slots are at most the
+  pool's connections, so a slot holder never waits for one. A request that waits too long gets 503 +
+  Retry-After. Submitting a job uses it.
 - `Database.read(work)`: the same for a read (the owner lookup, get and list jobs) with a Core
   Connection (api/reads.py: no ORM on the hottest routes), except on a local SQLite file, where it runs
   in the event loop on a connection of its own: WAL readers never wait for the writer, and such a read
